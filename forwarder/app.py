@@ -1,0 +1,291 @@
+"""The composition root: the only place that reads Settings and picks concrete parts.
+
+``Daemon.run`` opens the store and an HTTP session, builds one dispatcher per provider,
+serves the ingest API and the health side port, and owns every task in one
+``asyncio.TaskGroup``. Shutdown (``stop`` set, e.g. by SIGTERM): ingest answers 503,
+dispatchers start no new call, calls in flight get ``shutdown_grace_s`` to finish,
+then the rest is cancelled; everything unsent stays in the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from forwarder import __version__
+from forwarder.clock import Clock, SystemClock
+from forwarder.config import (
+    ListenAddress,
+    ProviderSettings,
+    Settings,
+    parse_listen,
+    read_tokens_file,
+    resolve_path,
+)
+from forwarder.dispatcher import Dispatcher
+from forwarder.errors import ConfigError
+from forwarder.ingest import IngestApi
+from forwarder.okta.events import RiskEventsSender
+from forwarder.okta.keys import KeyFileError, SigningKey, load_signing_key
+from forwarder.okta.tokens import TokenSource
+from forwarder.ratelimit import CallBudget
+from forwarder.signals import RiskLevel
+from forwarder.store.sqlite import SqliteStore
+from forwarder.telemetry import Metrics, health_app
+
+__all__ = ["Daemon", "run_until_signalled"]
+
+
+def _bind(address: ListenAddress) -> socket.socket:
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((address.host, address.port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError([f"cannot listen on {address}: {exc.strerror}"]) from None
+    sock.setblocking(False)
+    return sock
+
+
+def _url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+@contextlib.asynccontextmanager
+async def _serve(app: web.Application, sock: socket.socket) -> AsyncIterator[None]:
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        await web.SockSite(runner, sock, shutdown_timeout=1.0).start()
+        yield
+    finally:
+        await runner.cleanup()
+
+
+class Daemon:
+    """One forwarder process: ingest, store, dispatchers, telemetry."""
+
+    def __init__(self, settings: Settings, base: Path, *, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.base = base
+        self.clock: Clock = clock or SystemClock()
+        self.metrics = Metrics(clock=self.clock)
+        self.ready = asyncio.Event()
+        self.ingest_url = ""
+        self.metrics_url = ""
+        self.dispatchers: dict[str, Dispatcher] = {}
+        self.store: SqliteStore | None = None
+        self._ingest: IngestApi | None = None
+        self._oldest: dict[str, Mapping[RiskLevel, int]] = {}
+        self._log = structlog.get_logger("forwarder")
+
+    # -- composition -----------------------------------------------------------------
+
+    def _keys(self) -> dict[str, SigningKey]:
+        keys: dict[str, SigningKey] = {}
+        problems = []
+        for p in self.settings.providers:
+            try:
+                keys[p.name] = load_signing_key(resolve_path(self.base, p.private_key_file))
+            except KeyFileError as exc:
+                problems.append(f"providers[{p.name}].private_key_file: {exc}")
+        if problems:
+            raise ConfigError(problems)
+        return keys
+
+    def _ingest_tokens(self) -> list[str]:
+        if not self.settings.ingest.tokens_file:
+            return []
+        path = resolve_path(self.base, self.settings.ingest.tokens_file)
+        try:
+            return read_tokens_file(path)
+        except OSError as exc:
+            raise ConfigError([f"ingest.tokens_file: cannot read {path}: {exc.strerror}"]) from None
+
+    async def _dispatcher(
+        self,
+        p: ProviderSettings,
+        key: SigningKey,
+        store: SqliteStore,
+        session: aiohttp.ClientSession,
+    ) -> Dispatcher:
+        d = self.settings.dispatch
+        history = await store.recent_calls(p.name, self.clock.time() - p.window_s - 5)
+        tokens = TokenSource(
+            session=session,
+            org_url=p.org_url,
+            client_id=p.client_id,
+            key=key,
+            clock=self.clock,
+            timeout_s=p.timeout_s,
+            observer=self.metrics.token_observer(p.name),
+        )
+        sender = RiskEventsSender(
+            session=session,
+            org_url=p.org_url,
+            tokens=tokens,
+            clock=self.clock,
+            max_events=p.max_events_per_call,
+            max_subjects=p.max_subjects_per_event,
+            timeout_s=p.timeout_s,
+        )
+        budget = CallBudget(
+            calls=p.calls_per_minute, window_s=p.window_s, clock=self.clock, history=history
+        )
+        return Dispatcher(
+            provider=p.name,
+            store=store,
+            sender=sender,
+            budget=budget,
+            clock=self.clock,
+            linger_s=d.linger_s,
+            max_age_s=d.max_age_s,
+            backoff_base_s=d.backoff_base_s,
+            backoff_max_s=d.backoff_max_s,
+            observer=self.metrics,
+        )
+
+    # -- run -------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set, then drain and return."""
+        s = self.settings
+        keys = self._keys()
+        ingest_tokens = self._ingest_tokens()
+        ingest_sock = _bind(parse_listen(s.ingest.listen))
+        metrics_sock = _bind(parse_listen(s.metrics.listen))
+        names = [p.name for p in s.providers]
+        store_path = resolve_path(self.base, s.store.path)
+        connector = aiohttp.TCPConnector(limit_per_host=4)
+        async with (
+            SqliteStore(store_path, max_pending=s.store.max_pending, observer=self.metrics) as store,
+            aiohttp.ClientSession(connector=connector, trust_env=True) as session,
+        ):
+            self.store = store
+            for p in s.providers:
+                self.dispatchers[p.name] = await self._dispatcher(p, keys[p.name], store, session)
+            self._ingest = IngestApi(
+                store=store,
+                providers=names,
+                clock=self.clock,
+                tokens=ingest_tokens,
+                max_body_bytes=s.ingest.max_body_bytes,
+                observer=self.metrics,
+            )
+            self.metrics.attach(self, providers=names, capacity=s.store.max_pending)
+            await self.refresh()
+            async with (
+                _serve(self._ingest.app(), ingest_sock),
+                _serve(health_app(self.metrics, self.readiness), metrics_sock),
+            ):
+                self.ingest_url = _url(ingest_sock)
+                self.metrics_url = _url(metrics_sock)
+                self._log.info(
+                    "forwarder_started",
+                    version=__version__,
+                    ingest=self.ingest_url,
+                    metrics=self.metrics_url,
+                    store=str(store_path),
+                    providers=names,
+                    pending=store.pending_total(),
+                )
+                self.ready.set()
+                await self._dispatch_until(stop)
+            self._log.info("forwarder_stopped", pending=store.pending_total())
+
+    async def _dispatch_until(self, stop: asyncio.Event) -> None:
+        dispatch_stop = asyncio.Event()
+        async with asyncio.TaskGroup() as tg:
+            tasks = [
+                tg.create_task(d.run(dispatch_stop), name=f"dispatch:{name}")
+                for name, d in self.dispatchers.items()
+            ]
+            await stop.wait()
+            assert self._ingest is not None
+            self._ingest.accepting = False
+            dispatch_stop.set()
+            grace = self.settings.dispatch.shutdown_grace_s
+            self._log.info("forwarder_draining", grace_s=grace)
+            _, late = await asyncio.wait(tasks, timeout=grace)
+            for task in late:
+                self._log.warning("call_cancelled_at_shutdown", task=task.get_name())
+                task.cancel()
+
+    # -- readiness and live metrics (telemetry.LiveSource) ---------------------------
+
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        store = self.store
+        store_ok = store is not None and store.writable
+        ingest_ok = self._ingest is not None and self._ingest.accepting and self.ready.is_set()
+        now = self.clock.time()
+        providers: dict[str, Any] = {}
+        for name, d in self.dispatchers.items():
+            st = d.state
+            entry: dict[str, Any] = {
+                "state": st.status,
+                "pending": sum(store.pending_counts(name).values()) if store else None,
+                "next_call_in_s": round(max(0.0, d.next_call_at() - now), 3),
+                "last_outcome": st.last_outcome,
+            }
+            if st.status != "ok":
+                entry.update(last_error=st.last_error, hint=st.hint, until=st.until)
+            providers[name] = entry
+        ready = store_ok and ingest_ok
+        body = {
+            "status": "ready" if ready else "not_ready",
+            "store": "writable" if store_ok else "unavailable",
+            "ingest": "listening" if ingest_ok else "not_accepting",
+            "providers": providers,
+        }
+        return ready, body
+
+    def providers(self) -> Sequence[str]:
+        return list(self.dispatchers)
+
+    def pending_counts(self, provider: str) -> Mapping[RiskLevel, int]:
+        return self.store.pending_counts(provider) if self.store else {}
+
+    def dead_letter_count(self, provider: str) -> int:
+        return self.store.dead_letter_count(provider) if self.store else 0
+
+    def oldest_pending_ms(self, provider: str) -> Mapping[RiskLevel, int]:
+        return self._oldest.get(provider, {})
+
+    def budget(self, provider: str) -> tuple[int, int, float, int | None]:
+        d = self.dispatchers[provider]
+        wait = max(0.0, d.next_call_at() - self.clock.time())
+        return d.budget.calls, d.budget.remaining(), wait, d.budget.server_remaining
+
+    def provider_status(self, provider: str) -> str:
+        return self.dispatchers[provider].state.status
+
+    async def refresh(self) -> None:
+        if self.store is None:
+            return
+        for name in self.dispatchers:
+            self._oldest[name] = await self.store.oldest_pending_ms(name)
+
+
+async def run_until_signalled(daemon: Daemon) -> None:
+    """Run ``daemon`` until SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await daemon.run(stop)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,326 @@
+"""Configuration: a TOML file read through pydantic-settings, overridable by env vars.
+
+Every key can be overridden with ``FORWARDER_<SECTION>__<KEY>`` (for example
+``FORWARDER_INGEST__LISTEN=0.0.0.0:8080``); the providers list as JSON in
+``FORWARDER_PROVIDERS``. Secrets (private keys, ingest tokens) come from files.
+Validation follows Okta's troubleshooting advice and names every problem at once.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from forwarder.errors import ConfigError
+
+__all__ = [
+    "DispatchSettings",
+    "IngestSettings",
+    "ListenAddress",
+    "LogSettings",
+    "MetricsSettings",
+    "ProviderSettings",
+    "Settings",
+    "StoreSettings",
+    "is_loopback_host",
+    "load_settings",
+    "parse_listen",
+    "read_tokens_file",
+    "resolve_path",
+    "validate_client_id",
+    "validate_org_url",
+]
+
+_QUOTES = "\"'`\u201c\u201d\u2018\u2019"
+
+
+def _no_padding(value: str, field: str) -> str:
+    if value != value.strip():
+        raise ValueError(f"{field} has leading or trailing whitespace; remove it")
+    if value[:1] in _QUOTES or value[-1:] in _QUOTES:
+        raise ValueError(f"{field} is wrapped in quotes; remove them (copied from a JSON body?)")
+    return value
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (the only hosts allowed plain http)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def validate_org_url(value: str, field: str = "org_url") -> str:
+    """Okta org URL rules: https (http only on loopback), no ``-admin`` host, no trailing /."""
+    _no_padding(value, field)
+    parts = urlsplit(value)
+    host = parts.hostname or ""
+    if parts.scheme not in ("https", "http") or not host:
+        raise ValueError(f"{field} must be an https:// URL such as https://acme.okta.com")
+    if parts.scheme == "http" and not is_loopback_host(host):
+        raise ValueError(f"{field} must use https:// (plain http is only for loopback sandboxes)")
+    first = host.split(".")[0]
+    if first.endswith("-admin"):
+        fixed = value.replace(f"{first}.", f"{first[: -len('-admin')]}.", 1).rstrip("/")
+        raise ValueError(
+            f"{field} is the Admin Console URL; use the org URL instead ({fixed})"
+        )
+    if parts.query or parts.fragment or parts.path.strip("/"):
+        raise ValueError(f"{field} must be the bare org URL, without a path, e.g. https://{host}")
+    return value.rstrip("/")
+
+
+def validate_client_id(value: str, field: str = "client_id") -> str:
+    """A client id as Okta shows it: no quotes, no whitespace."""
+    _no_padding(value, field)
+    if not value or any(c.isspace() for c in value):
+        raise ValueError(f"{field} must be the service app's client id, e.g. 0oa1b2c3d4E5f6G7h8i9")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddress:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_listen(value: str) -> ListenAddress:
+    """``HOST:PORT`` or ``[V6]:PORT``."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{value!r} must look like HOST:PORT, e.g. 127.0.0.1:8080")
+    host = host.strip("[]")
+    try:
+        number = int(port)
+    except ValueError:
+        raise ValueError(f"{value!r}: port must be a number") from None
+    if not 0 <= number <= 65535:
+        raise ValueError(f"{value!r}: port must be between 0 and 65535")
+    return ListenAddress(host, number)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IngestSettings(_Section):
+    """The detector API."""
+
+    listen: str = "127.0.0.1:8080"
+    tokens_file: str = ""
+    max_body_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 1_048_576
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        parse_listen(v)
+        return v
+
+
+class StoreSettings(_Section):
+    """Where pending signals live."""
+
+    backend: Literal["sqlite"] = "sqlite"
+    path: str = "./data/forwarder.db"
+    max_pending: Annotated[int, Field(ge=1)] = 1_000_000
+
+
+class MetricsSettings(_Section):
+    listen: str = "127.0.0.1:9464"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        parse_listen(v)
+        return v
+
+
+class LogSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "console", "auto"] = "auto"
+
+
+class DispatchSettings(_Section):
+    """How batches are formed and retried (all providers)."""
+
+    linger_s: Annotated[float, Field(ge=0, le=60)] = 2.0
+    max_age_s: Annotated[float, Field(gt=0)] = 86_400.0
+    backoff_base_s: Annotated[float, Field(gt=0)] = 1.0
+    backoff_max_s: Annotated[float, Field(gt=0)] = 300.0
+    shutdown_grace_s: Annotated[float, Field(ge=0, le=300)] = 10.0
+
+
+class ProviderSettings(_Section):
+    """One Okta org (a third-party risk provider registered there)."""
+
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    org_url: str
+    client_id: str
+    private_key_file: str
+    calls_per_minute: Annotated[int, Field(ge=1, le=600)] = 3
+    #: The budget window. Okta's is 60 s; shorten it only against a sandbox or in benchmarks.
+    window_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    max_events_per_call: Annotated[int, Field(ge=1, le=20)] = 20
+    max_subjects_per_event: Annotated[int, Field(ge=1, le=50)] = 50
+    timeout_s: Annotated[float, Field(gt=0, le=300)] = 30.0
+
+    @field_validator("org_url")
+    @classmethod
+    def _org_url(cls, v: str) -> str:
+        return validate_org_url(v)
+
+    @field_validator("client_id")
+    @classmethod
+    def _client_id(cls, v: str) -> str:
+        return validate_client_id(v)
+
+    @field_validator("private_key_file")
+    @classmethod
+    def _key_file(cls, v: str) -> str:
+        _no_padding(v, "private_key_file")
+        if not v:
+            raise ValueError("private_key_file is required (a private JWK or PEM file)")
+        return v
+
+
+class Settings(BaseSettings):
+    """The whole configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FORWARDER_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    ingest: IngestSettings = IngestSettings()
+    store: StoreSettings = StoreSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    log: LogSettings = LogSettings()
+    dispatch: DispatchSettings = DispatchSettings()
+    providers: list[ProviderSettings] = Field(default_factory=list)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment beats the file (passed as init kwargs); no .env or secrets dir magic.
+        return (env_settings, init_settings)
+
+
+def _where(loc: tuple[int | str, ...], data: Mapping[str, Any]) -> str:
+    parts: list[str] = []
+    for i, item in enumerate(loc):
+        if isinstance(item, int) and i > 0 and loc[i - 1] == "providers":
+            name = None
+            providers = data.get("providers")
+            if isinstance(providers, list) and item < len(providers):
+                entry = providers[item]
+                name = entry.get("name") if isinstance(entry, dict) else None
+            parts[-1] = f"providers[{name or item}]"
+        else:
+            parts.append(str(item))
+    return ".".join(parts)
+
+
+def _resolve(base: Path, value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def read_tokens_file(path: Path) -> list[str]:
+    """Ingest bearer tokens, one per line (blank lines and ``#`` comments ignored)."""
+    tokens = []
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            tokens.append(line)
+    return tokens
+
+
+def load_settings(path: Path | None, *, check_files: bool = True) -> tuple[Settings, Path]:
+    """Read, validate and cross-check the config; return it and the directory paths resolve from.
+
+    Raises :class:`ConfigError` listing every problem found. Relative file paths in the
+    config resolve against the config file's directory.
+    """
+    data: dict[str, Any] = {}
+    base = Path.cwd()
+    problems: list[str] = []
+    if path is not None:
+        try:
+            with path.open("rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError([f"config file {path} does not exist"]) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"{path} is not valid TOML: {exc}"]) from None
+        base = path.resolve().parent
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        for err in exc.errors():
+            where = _where(tuple(err["loc"]), data)
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key (check spelling; see config/forwarder.toml for every key)"
+            problems.append(f"{where}: {msg}")
+        raise ConfigError(problems) from None
+    names = [p.name for p in settings.providers]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(f"providers: the name {name!r} is used more than once")
+    if not settings.providers:
+        problems.append("providers: at least one [[providers]] entry is required")
+    listen = parse_listen(settings.ingest.listen)
+    if check_files:
+        problems.extend(_check_files(settings, base, listen))
+    if problems:
+        raise ConfigError(problems)
+    return settings, base
+
+
+def _check_files(settings: Settings, base: Path, listen: ListenAddress) -> list[str]:
+    from forwarder.okta.keys import KeyFileError, load_signing_key  # noqa: PLC0415
+
+    problems: list[str] = []
+    if settings.ingest.tokens_file:
+        tokens_path = _resolve(base, settings.ingest.tokens_file)
+        try:
+            if not read_tokens_file(tokens_path):
+                problems.append(f"ingest.tokens_file: {tokens_path} holds no tokens")
+        except OSError as exc:
+            problems.append(f"ingest.tokens_file: cannot read {tokens_path}: {exc.strerror}")
+    elif not is_loopback_host(listen.host):
+        problems.append(
+            f"ingest.tokens_file is required when ingest.listen ({listen}) is not loopback: "
+            "detectors must present a bearer token"
+        )
+    for provider in settings.providers:
+        try:
+            load_signing_key(_resolve(base, provider.private_key_file))
+        except KeyFileError as exc:
+            problems.append(f"providers[{provider.name}].private_key_file: {exc}")
+    return problems
+
+
+def resolve_path(base: Path, value: str) -> Path:
+    """A config path made absolute against the config file's directory."""
+    return _resolve(base, value)

@@ -1,0 +1,314 @@
+"""One dispatcher per provider: budget -> batch -> send -> ack / retry / dead-letter.
+
+Dispatchers are independent: each has its own budget, token, backoff and state, so a
+slow or failing provider never delays another. The loop, in order:
+
+1. wait for work (the store's ``changed`` event);
+2. wait for the budget (our sliding window and whatever the server said) and any backoff;
+3. linger briefly to fill the call, unless a HIGH signal waits or a full call is ready;
+4. lease the next batch (HIGH first, oldest first) and hand it to the :class:`Sender`.
+
+Only what the sender reports decides what happens to the batch: acknowledged, kept for
+a retry, or dead-lettered. Nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+import structlog
+
+from forwarder.clock import Clock
+from forwarder.delivery import Delivery
+from forwarder.errors import (
+    AuthError,
+    InvalidCredentials,
+    PermanentSendError,
+    RetryableSendError,
+)
+from forwarder.ratelimit import CallBudget
+from forwarder.signals import RiskLevel, Signal
+from forwarder.store.base import Lease, Store
+
+__all__ = ["DispatchObserver", "Dispatcher", "ProviderState", "Sender"]
+
+
+class Sender(Protocol):
+    """An output for one provider (Okta Risk Events today; SSF SETs could be another)."""
+
+    kind: str
+    max_signals_per_call: int
+
+    async def send(
+        self, signals: Sequence[Signal], *, spend: Callable[[], Awaitable[None]]
+    ) -> Delivery:
+        """Deliver one batch, awaiting ``spend()`` just before the call goes out.
+
+        Raises ``RetryableSendError``, ``PermanentSendError``, ``InvalidCredentials`` or
+        ``AuthError``; returns only when the receiver accepted the whole batch.
+        """
+        ...
+
+
+class DispatchObserver(Protocol):
+    """Telemetry hooks (implemented by ``telemetry.Metrics``)."""
+
+    def call_finished(self, provider: str, outcome: str, duration_s: float) -> None: ...
+
+    def delivered(self, provider: str, signals: Sequence[Signal], now: float) -> None: ...
+
+    def retried(self, provider: str, reason: str) -> None: ...
+
+    def dead_lettered(self, provider: str, count: int) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderState:
+    """What ``/readyz`` and the logs say about a provider."""
+
+    status: str = "ok"  # ok | failing | rate_limited | backing_off
+    last_error: str | None = None
+    hint: str | None = None
+    until: float | None = None
+    last_call_at: float | None = None
+    last_outcome: str | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+class Dispatcher:
+    """Moves one provider's pending signals to its sender within its budget."""
+
+    def __init__(
+        self,
+        *,
+        provider: str,
+        store: Store,
+        sender: Sender,
+        budget: CallBudget,
+        clock: Clock,
+        linger_s: float = 2.0,
+        max_age_s: float = 86_400.0,
+        expiry_margin_s: float = 5.0,
+        backoff_base_s: float = 1.0,
+        backoff_max_s: float = 300.0,
+        observer: DispatchObserver | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.provider = provider
+        self.budget = budget
+        self.state = ProviderState()
+        self._store = store
+        self._sender = sender
+        self._clock = clock
+        self._linger_s = linger_s
+        self._max_age_ms = int(max_age_s * 1000)
+        self._margin_ms = int(expiry_margin_s * 1000)
+        self._backoff_base_s = backoff_base_s
+        self._backoff_max_s = backoff_max_s
+        self._observer = observer
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
+        self._failures = 0
+        self._not_before = 0.0
+        self._work_since: float | None = None
+        self._auth_retry_pending = False
+        self._log = structlog.get_logger("forwarder.dispatcher").bind(provider=provider)
+
+    @property
+    def max_per_call(self) -> int:
+        return self._sender.max_signals_per_call
+
+    def next_call_at(self) -> float:
+        """Earliest wall time of the next call (budget, server word and backoff)."""
+        return max(self.budget.next_slot(), self._not_before)
+
+    # -- the loop --------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Dispatch until ``stop`` is set; a call in flight finishes first."""
+        changed = self._store.changed(self.provider)
+        while not stop.is_set():
+            changed.clear()
+            counts = self._store.pending_counts(self.provider)
+            waiting = sum(counts.values())
+            now = self._clock.time()
+            if waiting == 0:
+                self._work_since = None
+                await self._wait(None, changed, stop)
+                continue
+            if self._work_since is None:
+                self._work_since = now
+            hold = self.next_call_at() - now
+            if hold > 0:
+                await self._wait(hold, stop)
+                continue
+            if self.state.status in ("rate_limited", "backing_off"):
+                self.state = replace(self.state, status="ok", until=None)
+            full = waiting >= self.max_per_call
+            urgent = counts.get(RiskLevel.HIGH, 0) > 0
+            linger_left = self._work_since + self._linger_s - now
+            if linger_left > 0 and not full and not urgent:
+                await self._wait(linger_left, changed, stop)
+                continue
+            await self._attempt()
+            self._work_since = self._clock.time()
+
+    async def _wait(self, timeout: float | None, *events: asyncio.Event) -> None:
+        if any(e.is_set() for e in events):
+            return
+        waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(e.wait()) for e in events]
+        if timeout is not None:
+            waiters.append(asyncio.ensure_future(self._clock.sleep(timeout)))
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+
+    # -- one call --------------------------------------------------------------------
+
+    async def _attempt(self) -> None:
+        now = self._clock.time()
+        lease = await self._store.lease(
+            self.provider,
+            limit=self.max_per_call,
+            now_ms=int(now * 1000),
+            max_age_ms=self._max_age_ms,
+            expiry_margin_ms=self._margin_ms,
+        )
+        if lease.expired:
+            self._log.info("signals_expired", count=lease.expired)
+        if not lease.signals:
+            return
+        spent_at: float | None = None
+
+        async def spend() -> None:
+            nonlocal spent_at
+            spent_at = self.budget.spend()
+            await self._store.record_call(self.provider, spent_at)
+
+        started = self._clock.monotonic()
+        try:
+            delivery = await self._sender.send(lease.signals, spend=spend)
+        except RetryableSendError as exc:
+            await self._store.release(lease)
+            self._after_call(spent_at, exc.outcome, started)
+            self.budget.observe(exc.window)
+            self._retryable(exc, len(lease.signals))
+        except PermanentSendError as exc:
+            await self._store.dead_letter(lease, reason=str(exc), causes=exc.causes)
+            self._after_call(spent_at, exc.outcome, started)
+            self.budget.observe(exc.window)
+            self._failures = 0
+            if self._observer is not None:
+                self._observer.dead_lettered(self.provider, len(lease.signals))
+            self._log.error(
+                "batch_dead_lettered",
+                subjects=len(lease.signals),
+                causes=list(exc.causes)[:10],
+                hint="Okta rejected the payload; inspect with `forwarder status`",
+            )
+        except InvalidCredentials as exc:
+            await self._store.release(lease)
+            self._after_call(spent_at, "auth_error", started)
+            self._failing(str(exc), exc.hint)
+        except AuthError as exc:
+            await self._store.release(lease)
+            self._backoff("token", str(exc))
+        except BaseException:
+            # Cancelled mid-call (shutdown past its grace): leases die with the process
+            # and the batch is sent again after restart.
+            await asyncio.shield(self._store.release(lease))
+            raise
+        else:
+            removed = await self._store.ack(lease)
+            self._after_call(spent_at, "accepted", started)
+            self.budget.observe(delivery.window)
+            self._failures = 0
+            self._auth_retry_pending = False
+            self.state = ProviderState(
+                status="ok", last_call_at=spent_at, last_outcome="accepted"
+            )
+            if self._observer is not None:
+                self._observer.delivered(self.provider, lease.signals, self._clock.time())
+            self._log.info(
+                "batch_delivered",
+                subjects=len(lease.signals),
+                removed=removed,
+                pending=sum(self._store.pending_counts(self.provider).values()),
+                budget_remaining=self.budget.remaining(),
+            )
+
+    def _after_call(self, spent_at: float | None, outcome: str, started: float) -> None:
+        if spent_at is None:
+            return
+        self.state = replace(self.state, last_call_at=spent_at, last_outcome=outcome)
+        if self._observer is not None:
+            self._observer.call_finished(
+                self.provider, outcome, self._clock.monotonic() - started
+            )
+
+    def _retryable(self, exc: RetryableSendError, subjects: int) -> None:
+        now = self._clock.time()
+        if exc.outcome == "rate_limited":
+            if exc.retry_at is not None:
+                self.budget.block_for(exc.retry_at - now)
+            else:
+                self.budget.block_for(self.budget.window_s)
+            self.state = replace(
+                self.state,
+                status="rate_limited",
+                until=self.budget.blocked_until(),
+                last_error=str(exc),
+                hint="another client may be spending this provider's budget",
+            )
+            self._retry_note("rate_limited", str(exc), subjects)
+            return
+        if exc.drop_token:
+            if not self._auth_retry_pending:
+                # Okta's 401: drop the token, fetch a new one, retry the batch once.
+                self._auth_retry_pending = True
+                self._retry_note("auth", str(exc), subjects)
+                return
+            self._auth_retry_pending = False
+            self._failing(
+                "Okta refused a freshly issued token (401 twice)",
+                "the token may be revoked or the service app deactivated; run `forwarder okta check`",
+            )
+            return
+        self._backoff(exc.outcome, str(exc))
+
+    def _retry_note(self, reason: str, error: str, subjects: int) -> None:
+        if self._observer is not None:
+            self._observer.retried(self.provider, reason)
+        self._log.warning("batch_kept_for_retry", reason=reason, error=error, subjects=subjects)
+
+    def _delay(self, base: float) -> float:
+        raw = min(self._backoff_max_s, base * 2.0 ** min(self._failures, 20))
+        self._failures += 1
+        return raw * (0.5 + self._rng.random() / 2)  # equal jitter
+
+    def _backoff(self, reason: str, error: str) -> None:
+        delay = self._delay(self._backoff_base_s)
+        self._not_before = self._clock.time() + delay
+        self.state = replace(
+            self.state, status="backing_off", until=self._not_before, last_error=error, hint=None
+        )
+        if self._observer is not None:
+            self._observer.retried(self.provider, reason)
+        self._log.warning("backing_off", reason=reason, error=error, retry_in_s=round(delay, 3))
+
+    def _failing(self, error: str, hint: str) -> None:
+        delay = self._delay(max(self._backoff_base_s, 5.0))
+        self._not_before = self._clock.time() + delay
+        self.state = replace(
+            self.state, status="failing", until=self._not_before, last_error=error, hint=hint
+        )
+        if self._observer is not None:
+            self._observer.retried(self.provider, "failing")
+        self._log.error(
+            "provider_failing", error=error, hint=hint, retry_in_s=round(delay, 3)
+        )

@@ -1,0 +1,145 @@
+"""Okta admin API calls used to provision a risk provider (replaces the Postman guide).
+
+Authenticated with an API token (``Authorization: SSWS ...``). Errors carry Okta's
+error body in full plus a hint for the common codes.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import aiohttp
+
+from forwarder.errors import AdminApiError
+from forwarder.okta.tokens import RISK_EVENTS_SCOPE
+
+__all__ = ["AdminClient", "okta_error_hint"]
+
+_HINTS = {
+    "E0000007": "not found: check the client id / provider id and that the org URL is right",
+    "E0000006": (
+        "forbidden: the API token's admin lacks the role for this call "
+        "(granting scopes needs a Super Admin)"
+    ),
+    "E0000011": "invalid API token: create a new one (Security > API > Tokens) and retry",
+    "E0000047": "rate limited: wait until X-Rate-Limit-Reset and retry",
+    "E0000001": "Okta rejected the request body; see errorCauses",
+}
+
+
+def okta_error_hint(code: str | None, status: int) -> str:
+    """The operator-facing hint for an Okta error code or HTTP status."""
+    if code and code in _HINTS:
+        return _HINTS[code]
+    if status == 401:
+        return _HINTS["E0000011"]
+    if status == 404:
+        return _HINTS["E0000007"]
+    if status == 429:
+        return _HINTS["E0000047"]
+    return ""
+
+
+class AdminClient:
+    """A thin, honest client for the admin endpoints forwarder needs."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        org_url: str,
+        api_token: str,
+        *,
+        timeout_s: float = 30.0,
+    ) -> None:
+        self.org_url = org_url
+        self._session = session
+        self._auth = f"SSWS {api_token}"
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+
+    def __repr__(self) -> str:  # never show the API token
+        return f"AdminClient(org_url={self.org_url!r})"
+
+    async def _call(self, method: str, path: str, body: object | None = None) -> Any:
+        headers = {"Authorization": self._auth, "Accept": "application/json"}
+        data = None
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+            data = json.dumps(body)
+        url = f"{self.org_url}{path}"
+        try:
+            async with self._session.request(
+                method, url, data=data, headers=headers, timeout=self._timeout,
+                allow_redirects=False,
+            ) as resp:
+                status = resp.status
+                text = await resp.text()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise AdminApiError(
+                f"{method} {url} failed: {exc or type(exc).__name__}",
+                status=0,
+                hint="check the org URL and network access to it",
+            ) from None
+        try:
+            payload = json.loads(text) if text else None
+        except ValueError:
+            payload = text
+        if status >= 400:
+            code = payload.get("errorCode") if isinstance(payload, dict) else None
+            summary = (
+                payload.get("errorSummary") or payload.get("error_description")
+                if isinstance(payload, dict)
+                else None
+            )
+            raise AdminApiError(
+                f"{method} {path} answered {status}" + (f": {summary}" if summary else ""),
+                status=status,
+                body=payload,
+                hint=okta_error_hint(code if isinstance(code, str) else None, status),
+            )
+        return payload
+
+    async def create_service_app(self, name: str, public_jwk: dict[str, Any]) -> dict[str, Any]:
+        """``POST /oauth2/v1/clients``: a service app authenticating with private_key_jwt."""
+        body = {
+            "client_name": name,
+            "application_type": "service",
+            "grant_types": ["client_credentials"],
+            "response_types": ["token"],
+            "token_endpoint_auth_method": "private_key_jwt",
+            "jwks": {"keys": [public_jwk]},
+        }
+        result: dict[str, Any] = await self._call("POST", "/oauth2/v1/clients", body)
+        return result
+
+    async def grant_scope(self, client_id: str, scope: str = RISK_EVENTS_SCOPE) -> dict[str, Any]:
+        """``POST /api/v1/apps/{clientId}/grants`` with ``issuer`` = the org URL."""
+        result: dict[str, Any] = await self._call(
+            "POST",
+            f"/api/v1/apps/{client_id}/grants",
+            {"scopeId": scope, "issuer": self.org_url},
+        )
+        return result
+
+    async def list_grants(self, client_id: str) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self._call("GET", f"/api/v1/apps/{client_id}/grants")
+        return result
+
+    async def list_providers(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self._call("GET", "/api/v1/risk/providers")
+        return result
+
+    async def get_provider(self, provider_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call("GET", f"/api/v1/risk/providers/{provider_id}")
+        return result
+
+    async def update_provider(
+        self, provider_id: str, *, name: str, client_id: str, action: str
+    ) -> dict[str, Any]:
+        """``PUT /api/v1/risk/providers/{id}`` (replaces name, clientId and action)."""
+        result: dict[str, Any] = await self._call(
+            "PUT",
+            f"/api/v1/risk/providers/{provider_id}",
+            {"name": name, "clientId": client_id, "action": action},
+        )
+        return result

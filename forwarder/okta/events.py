@@ -1,0 +1,212 @@
+"""The Risk Events output: one ``POST /api/v1/risk/events/ip`` per batch, classified.
+
+Outcomes (risk-api.md §5-§6): 202 accepted; 429 keep the batch and wait until
+``X-Rate-Limit-Reset`` (measured against ``Date``); 401 the token is dropped and the
+batch retried once with a new one; 5xx, timeouts and connection errors are retried with
+backoff; 400 is Okta rejecting the payload (dead letter with ``errorCauses``); 403 and
+404 mean this provider cannot send at all until an operator acts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from email.utils import parsedate_to_datetime
+
+import aiohttp
+
+from forwarder.clock import Clock
+from forwarder.delivery import Delivery, ServerWindow
+from forwarder.errors import InvalidCredentials, PermanentSendError, RetryableSendError
+from forwarder.okta.payload import build_risk_events
+from forwarder.okta.tokens import RISK_EVENTS_SCOPE, TokenSource
+from forwarder.signals import Signal
+
+__all__ = ["EVENTS_PATH", "RiskEventsSender", "parse_rate_headers"]
+
+EVENTS_PATH = "/api/v1/risk/events/ip"
+
+
+def _int_header(headers: Mapping[str, str], name: str) -> int | None:
+    value = headers.get(name)
+    if value is None:
+        return None
+    try:
+        return int(value.strip())
+    except ValueError:
+        return None
+
+
+def parse_rate_headers(headers: Mapping[str, str], *, local_now: float) -> ServerWindow | None:
+    """``X-Rate-Limit-*`` as a :class:`ServerWindow`; Reset is made relative to ``Date``.
+
+    Okta recommends waiting ``Reset - Date + 1`` seconds; the server's ``Date`` is used so
+    local clock skew does not matter (okta-sdk-python ``calculate_backoff`` does the same).
+    """
+    limit = _int_header(headers, "X-Rate-Limit-Limit")
+    remaining = _int_header(headers, "X-Rate-Limit-Remaining")
+    reset = _int_header(headers, "X-Rate-Limit-Reset")
+    if limit is None and remaining is None and reset is None:
+        return None
+    reset_in: float | None = None
+    if reset is not None:
+        server_now = local_now
+        date = headers.get("Date")
+        if date:
+            try:
+                server_now = parsedate_to_datetime(date).timestamp()
+            except (TypeError, ValueError):
+                server_now = local_now
+        reset_in = max(0.0, reset - server_now + 1.0)
+    return ServerWindow(limit=limit, remaining=remaining, reset_in_s=reset_in)
+
+
+def _error_causes(body: object) -> list[str]:
+    if not isinstance(body, dict):
+        return []
+    causes = [
+        str(c.get("errorSummary"))
+        for c in body.get("errorCauses") or []
+        if isinstance(c, dict) and c.get("errorSummary")
+    ]
+    summary = body.get("errorSummary")
+    code = body.get("errorCode")
+    head = f"{code}: {summary}" if code and summary else str(summary or code or "")
+    return [head, *causes] if head else causes
+
+
+class RiskEventsSender:
+    """Sends batches of signals to one Okta org as RiskEvent arrays."""
+
+    kind = "okta-risk-events"
+
+    def __init__(
+        self,
+        *,
+        session: aiohttp.ClientSession,
+        org_url: str,
+        tokens: TokenSource,
+        clock: Clock,
+        max_events: int = 20,
+        max_subjects: int = 50,
+        timeout_s: float = 30.0,
+    ) -> None:
+        self.url = f"{org_url}{EVENTS_PATH}"
+        self.max_signals_per_call = max_events * max_subjects
+        self._session = session
+        self._tokens = tokens
+        self._clock = clock
+        self._max_events = max_events
+        self._max_subjects = max_subjects
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+
+    async def send(
+        self, signals: Sequence[Signal], *, spend: Callable[[], Awaitable[None]]
+    ) -> Delivery:
+        """POST one batch. ``spend`` is awaited right before the request (the budget)."""
+        body = json.dumps(
+            build_risk_events(
+                signals, max_events=self._max_events, max_subjects=self._max_subjects
+            ),
+            separators=(",", ":"),
+        )
+        token = await self._tokens.get()  # may raise AuthError before any call is spent
+        await spend()
+        try:
+            async with self._session.post(
+                self.url,
+                data=body,
+                headers={
+                    "Authorization": f"Bearer {token}",
+                    "Content-Type": "application/json",
+                    "Accept": "application/json",
+                },
+                timeout=self._timeout,
+                allow_redirects=False,
+            ) as resp:
+                status = resp.status
+                headers = resp.headers
+                text = await resp.text()
+        except TimeoutError:
+            raise RetryableSendError(
+                f"no answer from {self.url} within {self._timeout.total}s", outcome="timeout"
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise RetryableSendError(f"{self.url}: {exc}", outcome="server_error") from None
+        window = parse_rate_headers(headers, local_now=self._clock.time())
+        if status == 202:
+            return Delivery(subjects=len(signals), window=window)
+        try:
+            payload: object = json.loads(text) if text else None
+        except ValueError:
+            payload = None
+        if status == 429:
+            retry_at = (
+                self._clock.time() + window.reset_in_s
+                if window is not None and window.reset_in_s is not None
+                else None
+            )
+            raise _with_window(
+                RetryableSendError(
+                    "Okta answered 429 (E0000047): the provider's rate window is spent",
+                    outcome="rate_limited",
+                    retry_at=retry_at,
+                ),
+                window,
+            )
+        if status == 401:
+            self._tokens.invalidate(token)
+            raise _with_window(
+                RetryableSendError(
+                    "Okta refused the access token (401); fetching a new one",
+                    outcome="auth_error",
+                    drop_token=True,
+                ),
+                window,
+            )
+        if status == 400:
+            causes = _error_causes(payload) or [f"400 with body {text[:200]!r}"]
+            raise _with_window(
+                PermanentSendError("Okta rejected the batch (400)", causes=causes), window
+            )
+        if status == 403:
+            challenge = headers.get("WWW-Authenticate", "")
+            if "insufficient_scope" in challenge:
+                hint = (
+                    f"the token lacks {RISK_EVENTS_SCOPE}: grant the scope to the service app "
+                    "(`forwarder okta grant`)"
+                )
+            else:
+                hint = (
+                    "the service app is not this org's risk provider (`forwarder okta providers "
+                    "set`), or the org is not enabled for third-party risk (ask Okta support)"
+                )
+            raise InvalidCredentials(
+                f"Okta refused the events call (403 {'; '.join(_error_causes(payload))})",
+                error="forbidden",
+                hint=hint,
+            )
+        if status == 404:
+            raise InvalidCredentials(
+                f"{self.url} does not exist (404)",
+                error="not_found",
+                hint=(
+                    "check org_url; Okta removed the Risk Events API from newer releases, so "
+                    "this org may only accept SSF security events"
+                ),
+            )
+        if status >= 500:
+            raise _with_window(
+                RetryableSendError(f"Okta answered {status}", outcome="server_error"), window
+            )
+        causes = _error_causes(payload) or [f"{status} with body {text[:200]!r}"]
+        raise _with_window(
+            PermanentSendError(f"Okta answered {status}", causes=causes), window
+        )
+
+
+def _with_window(
+    error: RetryableSendError | PermanentSendError, window: ServerWindow | None
+) -> RetryableSendError | PermanentSendError:
+    error.window = window
+    return error

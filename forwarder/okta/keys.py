@@ -1,0 +1,187 @@
+"""Signing keys for the client assertion: load (JWK JSON or PEM, RSA or EC) and generate.
+
+Okta accepts RS256/384/512 and ES256/384/512 for ``private_key_jwt`` (risk-api.md §8). The
+``kid`` we send is the JWK's own ``kid`` or, when it has none, its RFC 7638 SHA-256
+thumbprint, which is what Okta's guide calls "Key ID: SHA-256".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from joserfc.jwk import ECKey, RSAKey
+
+__all__ = [
+    "ALGORITHMS",
+    "KeyFileError",
+    "SigningKey",
+    "generate_signing_key",
+    "load_signing_key",
+    "parse_signing_key",
+    "private_jwk_json",
+    "public_jwk",
+    "write_private_key",
+]
+
+ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512")
+_EC_ALG_BY_CURVE = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
+_CURVE_BY_ALG = {alg: crv for crv, alg in _EC_ALG_BY_CURVE.items()}
+
+JoseKey = RSAKey | ECKey
+
+
+class KeyFileError(ValueError):
+    """A key file cannot be used; the message says why and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    """A private key ready to sign client assertions. ``repr`` never shows key material."""
+
+    key: JoseKey
+    alg: str
+    kid: str
+
+    def __repr__(self) -> str:
+        return f"SigningKey(alg={self.alg!r}, kid={self.kid!r})"
+
+    def public_jwk(self) -> dict[str, Any]:
+        """The public half as a JWK with ``kid``, ``alg`` and ``use: sig``."""
+        return public_jwk(self)
+
+
+def public_jwk(signing_key: SigningKey) -> dict[str, Any]:
+    """Public JWK of ``signing_key``, ready to register on an Okta service app."""
+    jwk: dict[str, Any] = dict(signing_key.key.as_dict(private=False))
+    jwk.update({"kid": signing_key.kid, "alg": signing_key.alg, "use": "sig"})
+    return jwk
+
+
+def _alg_for(key: JoseKey, requested: str | None) -> str:
+    if isinstance(key, RSAKey):
+        alg = requested or "RS256"
+        if not alg.startswith("RS"):
+            raise KeyFileError(f"an RSA key cannot sign {alg}; use RS256, RS384 or RS512")
+        return alg
+    curve = str(key.as_dict(private=False)["crv"])
+    expected = _EC_ALG_BY_CURVE.get(curve)
+    if expected is None:
+        raise KeyFileError(f"EC curve {curve} is not accepted by Okta; use P-256, P-384 or P-521")
+    if requested and requested != expected:
+        raise KeyFileError(f"an EC {curve} key signs {expected}, not {requested}")
+    return expected
+
+
+def parse_signing_key(data: bytes, *, source: str = "key") -> SigningKey:
+    """Parse a private JWK (JSON) or PEM; ``source`` names the file in error messages."""
+    text = data.strip()
+    if not text:
+        raise KeyFileError(f"{source} is empty")
+    requested_alg: str | None = None
+    kid: str | None = None
+    key: JoseKey
+    if text.startswith(b"{"):
+        try:
+            jwk = json.loads(text)
+        except ValueError as exc:
+            raise KeyFileError(f"{source} is not valid JSON: {exc}") from None
+        if not isinstance(jwk, dict):
+            raise KeyFileError(f"{source} must hold one JWK object")
+        if "keys" in jwk:
+            raise KeyFileError(f"{source} holds a JWK set; give the single private JWK instead")
+        if "d" not in jwk:
+            raise KeyFileError(
+                f"{source} is a public JWK; forwarder needs the private key (with 'd')"
+            )
+        kty = jwk.get("kty")
+        requested_alg = jwk.get("alg")
+        kid = jwk.get("kid")
+        try:
+            if kty == "RSA":
+                key = RSAKey.import_key(jwk)
+            elif kty == "EC":
+                key = ECKey.import_key(jwk)
+            else:
+                raise KeyFileError(f"{source}: key type {kty!r} is not supported; use RSA or EC")
+        except KeyFileError:
+            raise
+        except Exception as exc:
+            raise KeyFileError(f"{source} is not a usable JWK: {exc}") from None
+    elif b"-----BEGIN" in text:
+        if b"PUBLIC KEY" in text and b"PRIVATE" not in text:
+            raise KeyFileError(f"{source} is a public key; forwarder needs the private key")
+        try:
+            raw = load_pem_private_key(text, password=None)
+        except Exception as exc:
+            raise KeyFileError(f"{source} is not a readable unencrypted PEM key: {exc}") from None
+        if isinstance(raw, rsa.RSAPrivateKey):
+            key = RSAKey.import_key(raw)
+        elif isinstance(raw, ec.EllipticCurvePrivateKey):
+            key = ECKey.import_key(raw)
+        else:
+            raise KeyFileError(f"{source}: only RSA and EC keys are supported")
+    else:
+        raise KeyFileError(f"{source} is neither a JWK (JSON) nor a PEM key")
+    if isinstance(key, RSAKey) and key.as_dict(private=False).get("n") and _rsa_bits(key) < 2048:
+        raise KeyFileError(f"{source}: RSA keys must be at least 2048 bits")
+    alg = _alg_for(key, requested_alg)
+    if alg not in ALGORITHMS:
+        raise KeyFileError(f"{source}: algorithm {alg} is not accepted by Okta")
+    return SigningKey(key=key, alg=alg, kid=kid or key.thumbprint())
+
+
+def _rsa_bits(key: RSAKey) -> int:
+    raw = key.private_key or key.public_key
+    return int(raw.key_size)
+
+
+def load_signing_key(path: Path) -> SigningKey:
+    """Read and parse a private key file; errors name the file and the fix."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise KeyFileError(
+            f"{path} does not exist (create one with `forwarder keys generate`)"
+        ) from None
+    except OSError as exc:
+        raise KeyFileError(f"{path} cannot be read: {exc.strerror}") from None
+    return parse_signing_key(data, source=str(path))
+
+
+def generate_signing_key(alg: str = "RS256", bits: int = 2048) -> SigningKey:
+    """A fresh private key for ``alg``; ``kid`` is its RFC 7638 SHA-256 thumbprint."""
+    if alg not in ALGORITHMS:
+        raise KeyFileError(f"unsupported algorithm {alg}; choose one of {', '.join(ALGORITHMS)}")
+    key: JoseKey
+    if alg.startswith("RS"):
+        if bits not in (2048, 3072, 4096):
+            raise KeyFileError("RSA key size must be 2048, 3072 or 4096 bits")
+        key = RSAKey.generate_key(bits, private=True)
+    else:
+        key = ECKey.generate_key(_CURVE_BY_ALG[alg], private=True)
+    return SigningKey(key=key, alg=alg, kid=key.thumbprint())
+
+
+def private_jwk_json(signing_key: SigningKey) -> str:
+    """The private JWK as JSON (for writing a 0600 key file)."""
+    jwk: dict[str, Any] = dict(signing_key.key.as_dict(private=True))
+    jwk.update({"kid": signing_key.kid, "alg": signing_key.alg, "use": "sig"})
+    return json.dumps(jwk, indent=2) + "\n"
+
+
+def write_private_key(path: Path, signing_key: SigningKey, *, force: bool = False) -> None:
+    """Write the private JWK with mode 0600, refusing to overwrite unless ``force``."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        raise KeyFileError(f"{path} exists; pass --force to overwrite it") from None
+    with os.fdopen(fd, "w") as fh:
+        fh.write(private_jwk_json(signing_key))
+    os.chmod(path, 0o600)

@@ -1,0 +1,217 @@
+"""Access tokens for one provider: the client assertion, the token request, the cache.
+
+Okta's org authorization server issues Okta-scoped tokens to a service app that
+authenticates with ``private_key_jwt`` (risk-api.md §8): a JWT signed with the partner's
+private key, ``aud`` = the token URL, ``iss`` = ``sub`` = client id, ``exp`` at most an
+hour ahead (we use 5 minutes) and a fresh ``jti`` (a reused one is refused). Tokens
+live ``expires_in`` seconds and there is no refresh token, so the token is cached and
+renewed shortly before it runs out; concurrent users share one refresh in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+from authlib.oauth2.rfc7523 import private_key_jwt_sign
+
+from forwarder.clock import Clock
+from forwarder.errors import AuthError, InvalidCredentials
+from forwarder.okta.keys import SigningKey
+
+__all__ = ["RISK_EVENTS_SCOPE", "TokenSource", "token_error_hint"]
+
+RISK_EVENTS_SCOPE = "okta.riskEvents.manage"
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+ASSERTION_LIFETIME_S = 300
+
+TokenObserver = Callable[[str, float | None], None]
+"""Called with (outcome, token expiry epoch seconds or None) after each token request."""
+
+
+def token_error_hint(error: str, description: str, *, client_id: str, kid: str) -> str:
+    """What an operator should check for an OAuth error from ``/oauth2/v1/token``."""
+    text = description.lower()
+    if error == "invalid_client":
+        if "expir" in text or "issued at" in text or "future" in text:
+            return "the assertion's time was refused: check this machine's clock (NTP)"
+        if "kid" in text:
+            return (
+                f"no key with kid {kid!r} is registered on the service app: register this "
+                "key's public JWK (forwarder keys generate prints it) or fix the key file"
+            )
+        if "audience" in text:
+            return "org_url is not the org's URL: use https://<org>.okta.com, not the -admin URL"
+        if "client" in text and ("exist" in text or "not found" in text or "no client" in text):
+            return f"client_id {client_id!r} is not a service app in this org: check client_id"
+        return (
+            "key mismatch or wrong client: the private key must match the public JWK "
+            f"registered on service app {client_id!r}, and org_url must be that app's org"
+        )
+    if error in ("invalid_scope", "consent_required"):
+        return (
+            f"scope {RISK_EVENTS_SCOPE} is not granted to the service app: run "
+            f"`forwarder okta grant --org URL --client-id {client_id}` (needs a Super Admin)"
+        )
+    if error == "access_denied":
+        return "the request came from outside the app's permitted network zones"
+    if error in ("use_dpop_nonce", "invalid_dpop_proof"):
+        return "the service app requires DPoP; turn off 'Require DPoP' for it in the Admin Console"
+    if error == "unauthorized_client":
+        return "the app may not use client_credentials: it must be a service app"
+    return "check org_url, client_id and the key file with `forwarder okta check`"
+
+
+@dataclass(frozen=True, slots=True)
+class _Token:
+    value: str
+    expires_at: float
+
+    def __repr__(self) -> str:  # never print the token itself
+        return f"_Token(expires_at={self.expires_at})"
+
+
+class TokenSource:
+    """Fetches and caches the provider's access token."""
+
+    def __init__(
+        self,
+        *,
+        session: aiohttp.ClientSession,
+        org_url: str,
+        client_id: str,
+        key: SigningKey,
+        clock: Clock,
+        scope: str = RISK_EVENTS_SCOPE,
+        timeout_s: float = 30.0,
+        observer: TokenObserver | None = None,
+    ) -> None:
+        self.token_url = f"{org_url}/oauth2/v1/token"
+        self.client_id = client_id
+        self._session = session
+        self._key = key
+        self._clock = clock
+        self._scope = scope
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._observer = observer
+        self._token: _Token | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def expires_at(self) -> float | None:
+        """Expiry of the cached token (epoch seconds), if one is cached."""
+        return self._token.expires_at if self._token else None
+
+    def _fresh(self) -> _Token | None:
+        token = self._token
+        if token is None:
+            return None
+        return token if self._clock.time() < token.expires_at else None
+
+    async def get(self) -> str:
+        """A valid access token, fetching one when none is cached or it is about to expire."""
+        token = self._fresh()
+        if token is not None:
+            return token.value
+        async with self._lock:  # one refresh in flight; the others reuse its result
+            token = self._fresh()
+            if token is None:
+                token = await self._fetch()
+                self._token = token
+            return token.value
+
+    def invalidate(self, value: str) -> None:
+        """Drop the cached token if it is ``value`` (Okta answered 401 to it)."""
+        if self._token is not None and self._token.value == value:
+            self._token = None
+
+    def client_assertion(self) -> str:
+        """A freshly signed client assertion (single use: new ``jti`` each time)."""
+        now = int(self._clock.time())
+        signed = private_key_jwt_sign(
+            self._key.key,
+            self.client_id,
+            self.token_url,
+            alg=self._key.alg,
+            header={"kid": self._key.kid},
+            issued_at=now,
+            expires_at=now + ASSERTION_LIFETIME_S,
+            claims={"jti": uuid.uuid4().hex},
+        )
+        return signed.decode() if isinstance(signed, bytes) else str(signed)
+
+    def _notify(self, outcome: str, expires_at: float | None = None) -> None:
+        if self._observer is not None:
+            self._observer(outcome, expires_at)
+
+    async def _fetch(self) -> _Token:
+        form = {
+            "grant_type": "client_credentials",
+            "scope": self._scope,
+            "client_assertion_type": ASSERTION_TYPE,
+            "client_assertion": self.client_assertion(),
+        }
+        try:
+            async with self._session.post(
+                self.token_url,
+                data=form,
+                headers={"Accept": "application/json"},
+                timeout=self._timeout,
+                allow_redirects=False,
+            ) as resp:
+                status = resp.status
+                text = await resp.text()
+        except TimeoutError:
+            self._notify("timeout")
+            raise AuthError(f"token request to {self.token_url} timed out") from None
+        except aiohttp.ClientError as exc:
+            self._notify("error")
+            raise AuthError(f"token request to {self.token_url} failed: {exc}") from None
+        body: object
+        try:
+            body = json.loads(text) if text else {}
+        except ValueError:
+            body = {}
+        if not isinstance(body, dict):
+            body = {}
+        if status == 200:
+            access = body.get("access_token")
+            expires_in = body.get("expires_in")
+            if not isinstance(access, str) or not isinstance(expires_in, int | float):
+                self._notify("error")
+                raise AuthError(f"token response from {self.token_url} lacks access_token")
+            if str(body.get("token_type", "Bearer")).lower() != "bearer":
+                self._notify("invalid_credentials")
+                raise InvalidCredentials(
+                    f"token endpoint issued a {body.get('token_type')} token",
+                    error="unsupported_token_type",
+                    hint="the service app requires DPoP; forwarder sends Bearer tokens",
+                )
+            lifetime = float(expires_in)
+            # Renew a little early: 10 % of the lifetime, at most a minute.
+            expires_at = self._clock.time() + lifetime - min(60.0, lifetime * 0.1)
+            self._notify("success", expires_at)
+            return _Token(access, expires_at)
+        error = str(body.get("error", "")) or str(body.get("errorCode", ""))
+        description = str(body.get("error_description", "")) or str(body.get("errorSummary", ""))
+        if status == 429 or status >= 500:
+            self._notify("error")
+            raise AuthError(f"token endpoint answered {status}; will retry")
+        if status == 404:
+            self._notify("invalid_credentials")
+            raise InvalidCredentials(
+                f"{self.token_url} does not exist (404)",
+                error="not_found",
+                hint="org_url must be the Okta org URL, e.g. https://acme.okta.com",
+            )
+        self._notify("invalid_credentials")
+        hint = token_error_hint(error, description, client_id=self.client_id, kid=self._key.kid)
+        raise InvalidCredentials(
+            f"token request refused ({status} {error or 'error'}: {description})",
+            error=error or str(status),
+            hint=hint,
+        )

@@ -1,0 +1,98 @@
+"""The per-provider call budget: a sliding window, fed back by the server's headers.
+
+Okta's guide allows three calls per minute per risk provider. A bucket that refills
+continuously at 3/min lets five calls through inside one minute and earns 429s, so
+this is a *sliding log*: each spent call comes back exactly ``window_s`` after it was
+spent, and never more than ``calls`` are made in any ``window_s``. Every call counts,
+including retries and calls answered 401 or 429. Call times are persisted by the store
+so the budget holds across restarts.
+
+On top of that, whatever the server says wins: when ``X-Rate-Limit-Remaining`` is 0,
+nothing is sent before ``X-Rate-Limit-Reset`` (computed against the response's
+``Date``; see :class:`forwarder.delivery.ServerWindow`).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+
+from forwarder.clock import Clock
+from forwarder.delivery import ServerWindow
+
+__all__ = ["CallBudget"]
+
+
+class CallBudget:
+    """Sliding-window call budget for one provider, driven by an injected clock."""
+
+    def __init__(
+        self,
+        *,
+        calls: int,
+        window_s: float,
+        clock: Clock,
+        history: Iterable[float] = (),
+        margin_s: float = 1.0,
+    ) -> None:
+        if calls < 1 or window_s <= 0:
+            raise ValueError("a budget needs at least one call per positive window")
+        self.calls = calls
+        self.window_s = window_s
+        self._clock = clock
+        # Okta stamps a call when it arrives, a little after we stamp it; the margin
+        # keeps our window from reopening before theirs does.
+        self._margin_s = min(margin_s, window_s * 0.02)
+        self._times: deque[float] = deque(sorted(history))
+        self._blocked_until = 0.0
+        self.server_remaining: int | None = None
+
+    def _prune(self, now: float) -> None:
+        horizon = now - self.window_s - self._margin_s
+        while self._times and self._times[0] <= horizon:
+            self._times.popleft()
+
+    def used(self) -> int:
+        """Calls made in the current window."""
+        self._prune(self._clock.time())
+        return len(self._times)
+
+    def remaining(self) -> int:
+        """Calls still allowed in the current window by our own budget."""
+        return max(0, self.calls - self.used())
+
+    def next_slot(self) -> float:
+        """Wall time at which the next call may be made (now, if it may be made now)."""
+        now = self._clock.time()
+        self._prune(now)
+        slot = now
+        if len(self._times) >= self.calls:
+            # The call that must leave the window before another may enter it.
+            slot = self._times[-self.calls] + self.window_s + self._margin_s
+        return max(slot, self._blocked_until, now)
+
+    def wait_s(self) -> float:
+        """Seconds until :meth:`next_slot`."""
+        return max(0.0, self.next_slot() - self._clock.time())
+
+    def blocked_until(self) -> float:
+        """Wall time until which the server told us to hold off (0 when it did not)."""
+        return self._blocked_until
+
+    def spend(self) -> float:
+        """Record a call made now; return its time."""
+        now = self._clock.time()
+        self._times.append(now)
+        return now
+
+    def block_for(self, seconds: float) -> None:
+        """Send nothing for ``seconds`` from now (a 429 or a spent server window)."""
+        self._blocked_until = max(self._blocked_until, self._clock.time() + seconds)
+
+    def observe(self, window: ServerWindow | None) -> None:
+        """Obey the server's rate headers from any response."""
+        if window is None:
+            return
+        self.server_remaining = window.remaining
+        if window.remaining == 0 and window.reset_in_s is not None:
+            self.block_for(window.reset_in_s)

@@ -1,0 +1,239 @@
+"""Signals: the model, detector input validation, and the wire forms of time and text.
+
+Pure functions, no I/O. A detector's item becomes a :class:`Signal` here or yields
+:class:`Problem` records naming the item index and the field, so the ingest API can
+answer 400 with every bad item at once.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import unicodedata
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import IntEnum
+from typing import Any
+
+__all__ = [
+    "FIELDS",
+    "MAX_MESSAGE_CHARS",
+    "PendingSignal",
+    "Problem",
+    "RiskLevel",
+    "Signal",
+    "format_ms",
+    "parse_items",
+    "parse_rfc3339_ms",
+    "sanitize_message",
+]
+
+#: Okta's ``RiskEventSubject.message``: ``maxLength: 512`` (openapi-subset.yaml).
+MAX_MESSAGE_CHARS = 512
+#: Okta's pattern ``^[a-zA-Z0-9 .\-_]*$``; everything else is replaced, never rejected.
+_NOT_ALLOWED = re.compile(r"[^a-zA-Z0-9 .\-_]+")
+_SPACES = re.compile(r" {2,}")
+#: Timestamps further ahead than this are refused: a future time would win coalescing forever.
+MAX_FUTURE_SKEW_MS = 300_000
+
+FIELDS = ("ip", "riskLevel", "message", "timestamp", "expiresAt", "provider")
+
+
+class RiskLevel(IntEnum):
+    """Okta's risk levels; the integer order is the send priority (HIGH first)."""
+
+    LOW = 1
+    MEDIUM = 2
+    HIGH = 3
+
+
+_LEVELS = {level.name: level for level in RiskLevel}
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """One observation of an IP, as stored. Times are integer epoch milliseconds."""
+
+    ip: str
+    risk: RiskLevel
+    message: str
+    ts_ms: int
+    expires_ms: int | None
+    received_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class PendingSignal:
+    """A stored signal waiting for (or leased to) one provider."""
+
+    provider: str
+    signal: Signal
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with one item of an ingest request."""
+
+    index: int
+    field: str
+    message: str
+
+    def as_dict(self) -> dict[str, object]:
+        return {"index": self.index, "field": self.field, "message": self.message}
+
+
+def sanitize_message(text: str) -> str:
+    """Make ``text`` fit Okta's message rule by transliterating, replacing and truncating.
+
+    Accents fold to ASCII (``é`` -> ``e``); any other character outside
+    ``[a-zA-Z0-9 .-_]`` becomes a space; runs of spaces collapse; at most 512 characters.
+    """
+    if not text:
+        return ""
+    if not text.isascii():
+        text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    text = _NOT_ALLOWED.sub(" ", text)
+    text = _SPACES.sub(" ", text).strip()
+    return text[:MAX_MESSAGE_CHARS].rstrip()
+
+
+def parse_rfc3339_ms(value: str) -> int:
+    """Parse an RFC 3339 date-time with an explicit offset into epoch milliseconds."""
+    if len(value) < 20 or value[10] not in "Tt ":
+        raise ValueError("must be an RFC 3339 date-time such as 2026-01-31T12:00:00Z")
+    try:
+        dt = datetime.fromisoformat(value.upper() if value.endswith("z") else value)
+    except ValueError:
+        raise ValueError("must be an RFC 3339 date-time such as 2026-01-31T12:00:00Z") from None
+    if dt.tzinfo is None:
+        raise ValueError("must carry a time zone offset (Z or +hh:mm)")
+    return int(dt.timestamp() * 1000)
+
+
+def format_ms(ms: int) -> str:
+    """Okta's wire format: ``yyyy-MM-ddTHH:mm:ss.SSSZ`` in UTC."""
+    dt = datetime.fromtimestamp(ms // 1000, tz=UTC)
+    return f"{dt:%Y-%m-%dT%H:%M:%S}.{ms % 1000:03d}Z"
+
+
+def _parse_ip(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError("must be a string holding an IPv4 or IPv6 address")
+    try:
+        addr = ipaddress.ip_address(value.strip())
+    except ValueError:
+        raise ValueError(f"{value[:64]!r} is not an IPv4 or IPv6 address") from None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.scope_id:
+        raise ValueError("IPv6 zone ids (%...) are not accepted")
+    return str(addr)
+
+
+def _parse_level(value: object) -> RiskLevel:
+    if isinstance(value, str):
+        level = _LEVELS.get(value.strip().upper())
+        if level is not None:
+            return level
+    raise ValueError("must be one of LOW, MEDIUM, HIGH")
+
+
+def _parse_providers(value: object, known: Collection[str]) -> tuple[str, ...]:
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise ValueError("must be a provider name or a non-empty list of names")
+    unknown = sorted({n for n in names if n not in known})
+    if unknown:
+        raise ValueError(
+            f"unknown provider {', '.join(unknown)}; configured: {', '.join(sorted(known))}"
+        )
+    return tuple(dict.fromkeys(names))
+
+
+def parse_items(
+    items: Iterable[Any],
+    *,
+    now_ms: int,
+    providers: Sequence[str],
+) -> tuple[list[tuple[tuple[str, ...], Signal]], list[Problem]]:
+    """Validate detector items; return (signals with their target providers, problems).
+
+    When ``problems`` is non-empty the caller must store nothing of the request.
+    """
+    out: list[tuple[tuple[str, ...], Signal]] = []
+    problems: list[Problem] = []
+    everyone = tuple(providers)
+    known = frozenset(providers)
+    for index, item in enumerate(items):
+        if not isinstance(item, Mapping):
+            problems.append(Problem(index, "", "each signal must be a JSON object"))
+            continue
+        bad: list[Problem] = []
+        for key in item:
+            if key not in FIELDS:
+                bad.append(
+                    Problem(index, str(key), f"unknown field; allowed: {', '.join(FIELDS)}")
+                )
+        ip = level = None
+        try:
+            if "ip" not in item:
+                raise ValueError("is required")
+            ip = _parse_ip(item["ip"])
+        except ValueError as exc:
+            bad.append(Problem(index, "ip", str(exc)))
+        try:
+            if "riskLevel" not in item:
+                raise ValueError("is required (LOW, MEDIUM or HIGH)")
+            level = _parse_level(item["riskLevel"])
+        except ValueError as exc:
+            bad.append(Problem(index, "riskLevel", str(exc)))
+        message = item.get("message")
+        if message is not None and not isinstance(message, str):
+            bad.append(Problem(index, "message", "must be a string"))
+            message = None
+        ts_ms = now_ms
+        raw_ts = item.get("timestamp")
+        if raw_ts is not None:
+            try:
+                if not isinstance(raw_ts, str):
+                    raise ValueError("must be an RFC 3339 date-time string")
+                ts_ms = parse_rfc3339_ms(raw_ts)
+                if ts_ms > now_ms + MAX_FUTURE_SKEW_MS:
+                    raise ValueError("is more than 5 minutes in the future; check the clock")
+            except ValueError as exc:
+                bad.append(Problem(index, "timestamp", str(exc)))
+        expires_ms: int | None = None
+        raw_exp = item.get("expiresAt")
+        if raw_exp is not None:
+            try:
+                if not isinstance(raw_exp, str):
+                    raise ValueError("must be an RFC 3339 date-time string")
+                expires_ms = parse_rfc3339_ms(raw_exp)
+                if expires_ms <= ts_ms:
+                    raise ValueError("must be after timestamp")
+                if expires_ms <= now_ms:
+                    raise ValueError("is already in the past")
+            except ValueError as exc:
+                bad.append(Problem(index, "expiresAt", str(exc)))
+        targets = everyone
+        if item.get("provider") is not None:
+            try:
+                targets = _parse_providers(item["provider"], known)
+            except ValueError as exc:
+                bad.append(Problem(index, "provider", str(exc)))
+        if bad or ip is None or level is None:
+            problems.extend(bad)
+            continue
+        out.append(
+            (
+                targets,
+                Signal(
+                    ip=ip,
+                    risk=level,
+                    message=sanitize_message(message or ""),
+                    ts_ms=ts_ms,
+                    expires_ms=expires_ms,
+                    received_ms=now_ms,
+                ),
+            )
+        )
+    return out, problems

@@ -1,0 +1,522 @@
+"""The embedded store: one SQLite file in WAL mode.
+
+One thread owns the connection; every operation runs there in order. Ingest writes
+go through a group commit: while one transaction commits, concurrent requests queue
+up and share the next one, so a durable 202 costs a fraction of a commit each.
+``synchronous=NORMAL`` in WAL mode survives a killed process (not a power cut).
+
+Pending counts per (provider, risk) live in a ``counts`` table kept exact by
+triggers, so capacity checks and gauges never count rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from forwarder.errors import StoreError, StoreFull
+from forwarder.signals import RiskLevel, Signal
+from forwarder.store.base import AddResult, DeadLetter, Lease, StoreObserver
+
+__all__ = ["SqliteStore"]
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS pending (
+    provider    TEXT    NOT NULL,
+    ip          TEXT    NOT NULL,
+    risk        INTEGER NOT NULL,
+    message     TEXT    NOT NULL,
+    ts_ms       INTEGER NOT NULL,
+    expires_ms  INTEGER,
+    received_ms INTEGER NOT NULL,
+    lease       INTEGER,
+    PRIMARY KEY (provider, ip)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS pending_order ON pending (provider, risk DESC, ts_ms);
+CREATE INDEX IF NOT EXISTS pending_leased ON pending (provider, lease) WHERE lease IS NOT NULL;
+CREATE TABLE IF NOT EXISTS counts (
+    provider TEXT    NOT NULL,
+    risk     INTEGER NOT NULL,
+    n        INTEGER NOT NULL,
+    PRIMARY KEY (provider, risk)
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS pending_ins AFTER INSERT ON pending BEGIN
+    INSERT INTO counts (provider, risk, n) VALUES (NEW.provider, NEW.risk, 1)
+        ON CONFLICT (provider, risk) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS pending_del AFTER DELETE ON pending BEGIN
+    UPDATE counts SET n = n - 1 WHERE provider = OLD.provider AND risk = OLD.risk;
+END;
+CREATE TRIGGER IF NOT EXISTS pending_upd AFTER UPDATE OF risk ON pending
+WHEN OLD.risk != NEW.risk BEGIN
+    UPDATE counts SET n = n - 1 WHERE provider = OLD.provider AND risk = OLD.risk;
+    INSERT INTO counts (provider, risk, n) VALUES (NEW.provider, NEW.risk, 1)
+        ON CONFLICT (provider, risk) DO UPDATE SET n = n + 1;
+END;
+CREATE TABLE IF NOT EXISTS calls (
+    provider TEXT    NOT NULL,
+    at_ms    INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS calls_by_provider ON calls (provider, at_ms);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id          INTEGER PRIMARY KEY,
+    provider    TEXT    NOT NULL,
+    ip          TEXT    NOT NULL,
+    risk        INTEGER NOT NULL,
+    message     TEXT    NOT NULL,
+    ts_ms       INTEGER NOT NULL,
+    expires_ms  INTEGER,
+    received_ms INTEGER NOT NULL,
+    failed_ms   INTEGER NOT NULL,
+    reason      TEXT    NOT NULL,
+    causes      TEXT    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_by_provider ON dead_letters (provider, id);
+"""
+
+# Okta's rule for a coalesced IP: the newest observation wins; on a tie the higher risk.
+# A replaced row loses its lease, so an in-flight ack cannot delete the newer version.
+_UPSERT = """
+INSERT INTO pending (provider, ip, risk, message, ts_ms, expires_ms, received_ms)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (provider, ip) DO UPDATE SET
+    risk = excluded.risk, message = excluded.message, ts_ms = excluded.ts_ms,
+    expires_ms = excluded.expires_ms, received_ms = excluded.received_ms, lease = NULL
+WHERE excluded.ts_ms > pending.ts_ms
+   OR (excluded.ts_ms = pending.ts_ms AND excluded.risk > pending.risk)
+"""
+
+_SELECT_BATCH = """
+SELECT ip, risk, message, ts_ms, expires_ms, received_ms FROM pending
+WHERE provider = ? AND lease IS NULL
+ORDER BY risk DESC, ts_ms
+LIMIT ?
+"""
+
+_Row = tuple[str, str, int, str, int, int | None, int]
+_CALL_LOG_KEEP_MS = 3_600_000
+_GROUP_MAX_ROWS = 20_000
+
+
+class SqliteStore:
+    """SQLite-backed :class:`forwarder.store.base.Store`. Use as an async context manager."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_pending: int = 1_000_000,
+        observer: StoreObserver | None = None,
+        cache_mib: int = 16,
+    ) -> None:
+        self.path = path
+        self.max_pending = max_pending
+        self._observer = observer
+        self._cache_mib = cache_mib
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._conn: sqlite3.Connection | None = None
+        self._counts: dict[str, dict[RiskLevel, int]] = defaultdict(dict)
+        self._dead: dict[str, int] = defaultdict(int)
+        self._events: dict[str, asyncio.Event] = {}
+        self._queue: list[tuple[list[_Row], asyncio.Future[None]]] = []
+        self._queued_rows = 0
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._next_lease = 1
+        self._closing = False
+        self._write_ok = True
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self._run(self._open)
+        self._writer = asyncio.create_task(self._write_loop(), name="sqlite-group-commit")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._closing = True
+        if self._writer is not None:
+            self._wake.set()
+            # Let queued ingest writes commit before closing; then stop the writer.
+            while self._queue and not self._writer.done():
+                await asyncio.sleep(0.005)
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+        with contextlib.suppress(Exception):
+            await self._run(self._close)
+        self._executor.shutdown(wait=True)
+
+    def _open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=10.0
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"PRAGMA cache_size=-{self._cache_mib * 1024}")
+            conn.executescript(_SCHEMA)
+            # Leases belong to a process; after a restart everything unacked is sent again.
+            conn.execute("UPDATE pending SET lease = NULL WHERE lease IS NOT NULL")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open store {self.path}: {exc}") from exc
+        self._conn = conn
+        self._counts.clear()
+        for provider, risk, n in conn.execute("SELECT provider, risk, n FROM counts"):
+            if n:
+                self._counts[provider][RiskLevel(risk)] = n
+        for provider, n in conn.execute(
+            "SELECT provider, count(*) FROM dead_letters GROUP BY provider"
+        ):
+            self._dead[provider] = n
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, fn, *args)
+        except sqlite3.Error as exc:
+            raise StoreError(f"store {self.path}: {exc}") from exc
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError(f"store {self.path} is not open")
+        return self._conn
+
+    @property
+    def writable(self) -> bool:
+        """The file is open and the last write committed."""
+        return self._conn is not None and not self._closing and self._write_ok
+
+    # -- counts ----------------------------------------------------------------------
+
+    def pending_total(self) -> int:
+        return sum(sum(levels.values()) for levels in self._counts.values())
+
+    def pending_counts(self, provider: str) -> Mapping[RiskLevel, int]:
+        return dict(self._counts.get(provider, {}))
+
+    def dead_letter_count(self, provider: str) -> int:
+        return self._dead.get(provider, 0)
+
+    def changed(self, provider: str) -> asyncio.Event:
+        event = self._events.get(provider)
+        if event is None:
+            event = self._events[provider] = asyncio.Event()
+        return event
+
+    def _read_counts(self) -> dict[str, dict[RiskLevel, int]]:
+        out: dict[str, dict[RiskLevel, int]] = defaultdict(dict)
+        for provider, risk, n in self._db.execute("SELECT provider, risk, n FROM counts"):
+            if n:
+                out[provider][RiskLevel(risk)] = n
+        return out
+
+    def _apply_counts(self, counts: dict[str, dict[RiskLevel, int]]) -> None:
+        self._counts = defaultdict(dict, counts)
+
+    # -- ingest: group commit --------------------------------------------------------
+
+    async def add(self, items: Sequence[tuple[Sequence[str], Signal]]) -> AddResult:
+        if self._closing:
+            raise StoreError("store is closing")
+        if self.pending_total() >= self.max_pending:
+            raise StoreFull(
+                f"{self.pending_total()} signals are waiting (max_pending={self.max_pending})"
+            )
+        rows: list[_Row] = [
+            (p, s.ip, int(s.risk), s.message, s.ts_ms, s.expires_ms, s.received_ms)
+            for providers, s in items
+            for p in providers
+        ]
+        if not rows:
+            return AddResult(accepted=len(items))
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((rows, fut))
+        self._queued_rows += len(rows)
+        self._wake.set()
+        await fut
+        return AddResult(accepted=len(items))
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                group: list[tuple[list[_Row], asyncio.Future[None]]] = []
+                n = 0
+                while self._queue and (not group or n < _GROUP_MAX_ROWS):
+                    rows, fut = self._queue.pop(0)
+                    group.append((rows, fut))
+                    n += len(rows)
+                self._queued_rows -= n
+                try:
+                    per_provider, counts = await self._run(
+                        self._commit_rows, [r for rows, _ in group for r in rows]
+                    )
+                except Exception as exc:
+                    self._write_ok = False
+                    error = exc if isinstance(exc, StoreError) else StoreError(str(exc))
+                    for _, fut in group:
+                        if not fut.done():
+                            fut.set_exception(error)
+                    continue
+                self._write_ok = True
+                self._apply_counts(counts)
+                for _, fut in group:
+                    if not fut.done():
+                        fut.set_result(None)
+                for provider, (signals, new_rows) in per_provider.items():
+                    if self._observer is not None:
+                        self._observer.signals_stored(provider, signals, new_rows)
+                    self.changed(provider).set()
+
+    def _commit_rows(
+        self, rows: list[_Row]
+    ) -> tuple[dict[str, tuple[int, int]], dict[str, dict[RiskLevel, int]]]:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            before = self._read_counts()
+            db.executemany(_UPSERT, rows)
+            after = self._read_counts()
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        signals: dict[str, int] = defaultdict(int)
+        for row in rows:
+            signals[row[0]] += 1
+        per_provider = {
+            p: (n, sum(after.get(p, {}).values()) - sum(before.get(p, {}).values()))
+            for p, n in signals.items()
+        }
+        return per_provider, after
+
+    # -- dispatch --------------------------------------------------------------------
+
+    async def lease(
+        self,
+        provider: str,
+        *,
+        limit: int,
+        now_ms: int,
+        max_age_ms: int,
+        expiry_margin_ms: int = 5_000,
+    ) -> Lease:
+        lease_id = self._next_lease
+        self._next_lease += 1
+        signals, expired, counts = await self._run(
+            self._lease, provider, lease_id, limit, now_ms, max_age_ms, expiry_margin_ms
+        )
+        if expired:
+            self._apply_counts(counts)
+            if self._observer is not None:
+                self._observer.signals_expired(provider, expired)
+        return Lease(provider=provider, lease_id=lease_id, signals=signals, expired=expired)
+
+    def _lease(
+        self,
+        provider: str,
+        lease_id: int,
+        limit: int,
+        now_ms: int,
+        max_age_ms: int,
+        margin_ms: int,
+    ) -> tuple[list[Signal], int, dict[str, dict[RiskLevel, int]]]:
+        db = self._db
+        keep: list[Signal] = []
+        expired = 0
+        too_old = now_ms - max_age_ms
+        # A subject is never sent after its own expiry (nor within the margin of it).
+        expiry_floor = now_ms + margin_ms
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            while len(keep) < limit:
+                want = limit - len(keep)
+                rows = db.execute(_SELECT_BATCH, (provider, want)).fetchall()
+                dead: list[tuple[str, str]] = []
+                fresh: list[tuple[int, str, str]] = []
+                for ip, risk, message, ts_ms, expires_ms, received_ms in rows:
+                    if ts_ms < too_old or (expires_ms is not None and expires_ms <= expiry_floor):
+                        dead.append((provider, ip))
+                        continue
+                    keep.append(
+                        Signal(ip, RiskLevel(risk), message, ts_ms, expires_ms, received_ms)
+                    )
+                    fresh.append((lease_id, provider, ip))
+                if dead:
+                    db.executemany("DELETE FROM pending WHERE provider = ? AND ip = ?", dead)
+                    expired += len(dead)
+                if fresh:
+                    db.executemany(
+                        "UPDATE pending SET lease = ? WHERE provider = ? AND ip = ?", fresh
+                    )
+                if len(rows) < want or not dead:
+                    break
+            counts = self._read_counts() if expired else {}
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return keep, expired, counts
+
+    async def ack(self, lease: Lease) -> int:
+        removed, counts = await self._run(self._ack, lease.provider, lease.lease_id)
+        self._apply_counts(counts)
+        return removed
+
+    def _ack(self, provider: str, lease_id: int) -> tuple[int, dict[str, dict[RiskLevel, int]]]:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            cur = db.execute(
+                "DELETE FROM pending WHERE provider = ? AND lease = ?", (provider, lease_id)
+            )
+            counts = self._read_counts()
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return cur.rowcount, counts
+
+    async def release(self, lease: Lease) -> None:
+        await self._run(
+            self._exec,
+            "UPDATE pending SET lease = NULL WHERE provider = ? AND lease = ?",
+            (lease.provider, lease.lease_id),
+        )
+
+    def _exec(self, sql: str, params: Sequence[Any]) -> int:
+        return self._db.execute(sql, params).rowcount
+
+    async def dead_letter(self, lease: Lease, *, reason: str, causes: Sequence[str]) -> None:
+        counts = await self._run(self._dead_letter, lease, reason, list(causes))
+        self._apply_counts(counts)
+        self._dead[lease.provider] += len(lease.signals)
+
+    def _dead_letter(
+        self, lease: Lease, reason: str, causes: list[str]
+    ) -> dict[str, dict[RiskLevel, int]]:
+        db = self._db
+        failed_ms = max((s.received_ms for s in lease.signals), default=0)
+        causes_json = json.dumps(causes)
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(
+                "INSERT INTO dead_letters (provider, ip, risk, message, ts_ms, expires_ms,"
+                " received_ms, failed_ms, reason, causes) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                [
+                    (
+                        lease.provider,
+                        s.ip,
+                        int(s.risk),
+                        s.message,
+                        s.ts_ms,
+                        s.expires_ms,
+                        s.received_ms,
+                        failed_ms,
+                        reason,
+                        causes_json,
+                    )
+                    for s in lease.signals
+                ],
+            )
+            db.execute(
+                "DELETE FROM pending WHERE provider = ? AND lease = ?",
+                (lease.provider, lease.lease_id),
+            )
+            counts = self._read_counts()
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return counts
+
+    async def dead_letters(self, provider: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        rows = await self._run(self._dead_letters, provider, limit)
+        return [
+            DeadLetter(
+                provider=p,
+                signal=Signal(ip, RiskLevel(risk), msg, ts, exp, recv),
+                failed_ms=failed,
+                reason=reason,
+                causes=tuple(json.loads(causes)),
+            )
+            for p, ip, risk, msg, ts, exp, recv, failed, reason, causes in rows
+        ]
+
+    def _dead_letters(self, provider: str | None, limit: int) -> list[tuple[Any, ...]]:
+        sql = (
+            "SELECT provider, ip, risk, message, ts_ms, expires_ms, received_ms, failed_ms,"
+            " reason, causes FROM dead_letters"
+        )
+        if provider is None:
+            return self._db.execute(sql + " ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        return self._db.execute(
+            sql + " WHERE provider = ? ORDER BY id DESC LIMIT ?", (provider, limit)
+        ).fetchall()
+
+    # -- call budget -----------------------------------------------------------------
+
+    async def record_call(self, provider: str, at: float) -> None:
+        await self._run(self._record_call, provider, int(at * 1000))
+
+    def _record_call(self, provider: str, at_ms: int) -> None:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("INSERT INTO calls (provider, at_ms) VALUES (?, ?)", (provider, at_ms))
+            db.execute(
+                "DELETE FROM calls WHERE provider = ? AND at_ms < ?",
+                (provider, at_ms - _CALL_LOG_KEEP_MS),
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    async def recent_calls(self, provider: str, since: float) -> list[float]:
+        rows = await self._run(self._recent_calls, provider, int(since * 1000))
+        return [at_ms / 1000 for (at_ms,) in rows]
+
+    def _recent_calls(self, provider: str, since_ms: int) -> list[tuple[int]]:
+        return self._db.execute(
+            "SELECT at_ms FROM calls WHERE provider = ? AND at_ms >= ? ORDER BY at_ms",
+            (provider, since_ms),
+        ).fetchall()
+
+    async def oldest_pending_ms(self, provider: str) -> Mapping[RiskLevel, int]:
+        return await self._run(self._oldest, provider)
+
+    def _oldest(self, provider: str) -> dict[RiskLevel, int]:
+        out: dict[RiskLevel, int] = {}
+        for level in RiskLevel:
+            row = self._db.execute(
+                "SELECT min(ts_ms) FROM pending WHERE provider = ? AND risk = ?",
+                (provider, int(level)),
+            ).fetchone()
+            if row is not None and row[0] is not None:
+                out[level] = int(row[0])
+        return out

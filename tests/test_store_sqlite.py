@@ -1,0 +1,155 @@
+"""The SQLite store: coalescing, priority, leases, expiry, persistence (real files)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from forwarder.errors import StoreFull
+from forwarder.signals import RiskLevel, Signal
+from forwarder.store.sqlite import SqliteStore
+
+NOW = 1_800_000_000_000
+DAY = 86_400_000
+
+
+def sig(ip: str, risk: RiskLevel = RiskLevel.LOW, ts: int = NOW, exp: int | None = None) -> Signal:
+    return Signal(ip, risk, f"m{ts}", ts, exp, ts)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    async with SqliteStore(tmp_path / "f.db", max_pending=1000) as s:
+        yield s
+
+
+async def lease_all(store: SqliteStore, provider: str = "p", limit: int = 1000):  # type: ignore[no-untyped-def]
+    return await store.lease(provider, limit=limit, now_ms=NOW, max_age_ms=DAY, expiry_margin_ms=0)
+
+
+async def test_newer_signal_replaces_waiting_one(store: SqliteStore) -> None:
+    """Per (provider, ip) only the newest observation waits."""
+    await store.add([(["p"], sig("192.0.2.1", RiskLevel.LOW, ts=NOW - 10))])
+    await store.add([(["p"], sig("192.0.2.1", RiskLevel.MEDIUM, ts=NOW))])
+    await store.add([(["p"], sig("192.0.2.1", RiskLevel.HIGH, ts=NOW - 50))])  # older: ignored
+    lease = await lease_all(store)
+    assert [(s.ip, s.risk, s.ts_ms) for s in lease.signals] == [
+        ("192.0.2.1", RiskLevel.MEDIUM, NOW)
+    ]
+    assert store.pending_total() == 1
+
+
+async def test_tie_goes_to_higher_risk(store: SqliteStore) -> None:
+    """Same timestamp: higher risk wins; retrying the same request changes nothing."""
+    await store.add([(["p"], sig("192.0.2.1", RiskLevel.MEDIUM))])
+    await store.add([(["p"], sig("192.0.2.1", RiskLevel.HIGH))])
+    await store.add([(["p"], sig("192.0.2.1", RiskLevel.LOW))])
+    await store.add([(["p"], sig("192.0.2.1", RiskLevel.HIGH))])
+    lease = await lease_all(store)
+    assert [s.risk for s in lease.signals] == [RiskLevel.HIGH]
+
+
+async def test_batches_come_high_first_then_oldest(store: SqliteStore) -> None:
+    """HIGH, then MEDIUM, then LOW; oldest first within a level."""
+    await store.add(
+        [
+            (["p"], sig("192.0.2.1", RiskLevel.LOW, ts=NOW - 100)),
+            (["p"], sig("192.0.2.2", RiskLevel.HIGH, ts=NOW - 1)),
+            (["p"], sig("192.0.2.3", RiskLevel.MEDIUM, ts=NOW - 5)),
+            (["p"], sig("192.0.2.4", RiskLevel.HIGH, ts=NOW - 9)),
+            (["p"], sig("192.0.2.5", RiskLevel.LOW, ts=NOW - 200)),
+        ]
+    )
+    lease = await lease_all(store, limit=4)
+    assert [s.ip for s in lease.signals] == ["192.0.2.4", "192.0.2.2", "192.0.2.3", "192.0.2.5"]
+
+
+async def test_leased_rows_are_not_leased_twice(store: SqliteStore) -> None:
+    """A second lease skips what is in flight."""
+    await store.add([(["p"], sig(f"192.0.2.{i}")) for i in range(10)])
+    first = await lease_all(store, limit=6)
+    second = await lease_all(store, limit=6)
+    assert len(first.signals) == 6 and len(second.signals) == 4
+    assert not {s.ip for s in first.signals} & {s.ip for s in second.signals}
+
+
+async def test_ack_keeps_versions_that_arrived_in_flight(store: SqliteStore) -> None:
+    """A signal updated while its old version was in flight is sent again, not lost."""
+    await store.add([(["p"], sig("192.0.2.1", ts=NOW - 10)), (["p"], sig("192.0.2.2"))])
+    lease = await lease_all(store)
+    await store.add([(["p"], sig("192.0.2.1", RiskLevel.HIGH, ts=NOW))])
+    assert await store.ack(lease) == 1
+    again = await lease_all(store)
+    assert [(s.ip, s.risk) for s in again.signals] == [("192.0.2.1", RiskLevel.HIGH)]
+
+
+async def test_release_makes_batch_available_again(store: SqliteStore) -> None:
+    """A kept batch is leased again later."""
+    await store.add([(["p"], sig("192.0.2.1"))])
+    lease = await lease_all(store)
+    await store.release(lease)
+    assert [s.ip for s in (await lease_all(store)).signals] == ["192.0.2.1"]
+
+
+async def test_expired_and_too_old_are_dropped_and_counted(store: SqliteStore) -> None:
+    """Past expiresAt or older than max age: removed at batch time, never sent."""
+    await store.add(
+        [
+            (["p"], sig("192.0.2.1", exp=NOW - 1, ts=NOW - 1000)),
+            (["p"], sig("192.0.2.2", ts=NOW - DAY - 1)),
+            (["p"], sig("192.0.2.3", exp=NOW + 60_000)),
+        ]
+    )
+    lease = await lease_all(store)
+    assert [s.ip for s in lease.signals] == ["192.0.2.3"]
+    assert lease.expired == 2
+    assert store.pending_total() == 1
+
+
+async def test_providers_are_separate(store: SqliteStore) -> None:
+    """One signal for two providers is two pending rows, leased independently."""
+    await store.add([(["a", "b"], sig("192.0.2.1"))])
+    assert store.pending_counts("a") == {RiskLevel.LOW: 1}
+    assert store.pending_counts("b") == {RiskLevel.LOW: 1}
+    lease = await lease_all(store, provider="a")
+    await store.ack(lease)
+    assert store.pending_counts("a") == {}
+    assert store.pending_counts("b") == {RiskLevel.LOW: 1}
+
+
+async def test_state_survives_reopen(tmp_path: Path) -> None:
+    """Pending rows, counts, dead letters and call times persist; leases do not."""
+    path = tmp_path / "f.db"
+    async with SqliteStore(path) as s:
+        await s.add([(["p"], sig(f"192.0.2.{i}", RiskLevel.HIGH)) for i in range(5)])
+        lease = await s.lease("p", limit=2, now_ms=NOW, max_age_ms=DAY, expiry_margin_ms=0)
+        await s.dead_letter(lease, reason="400", causes=["E0000001: bad"])
+        await s.lease("p", limit=2, now_ms=NOW, max_age_ms=DAY, expiry_margin_ms=0)
+        await s.record_call("p", 1000.5)
+    async with SqliteStore(path) as s:
+        assert s.pending_counts("p") == {RiskLevel.HIGH: 3}
+        assert s.dead_letter_count("p") == 2
+        assert await s.recent_calls("p", 1000.0) == [1000.5]
+        lease = await s.lease("p", limit=10, now_ms=NOW, max_age_ms=DAY, expiry_margin_ms=0)
+        assert len(lease.signals) == 3
+        (dl, _) = await s.dead_letters("p")
+        assert dl.causes == ("E0000001: bad",)
+
+
+async def test_full_store_refuses(tmp_path: Path) -> None:
+    """At max_pending, add raises StoreFull."""
+    async with SqliteStore(tmp_path / "f.db", max_pending=2) as s:
+        await s.add([(["p"], sig("192.0.2.1")), (["p"], sig("192.0.2.2"))])
+        with pytest.raises(StoreFull):
+            await s.add([(["p"], sig("192.0.2.3"))])
+
+
+async def test_concurrent_adds_share_commits(store: SqliteStore) -> None:
+    """Many concurrent adds all commit (group commit) and count correctly."""
+    await asyncio.gather(
+        *(store.add([(["p"], sig(f"198.18.{i}.{j}")) for j in range(10)]) for i in range(50))
+    )
+    assert store.pending_total() == 500
