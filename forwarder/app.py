@@ -65,10 +65,10 @@ def _url(sock: socket.socket) -> str:
 
 @contextlib.asynccontextmanager
 async def _serve(app: web.Application, sock: socket.socket) -> AsyncIterator[None]:
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
     try:
-        await web.SockSite(runner, sock, shutdown_timeout=1.0).start()
+        await web.SockSite(runner, sock).start()
         yield
     finally:
         await runner.cleanup()
@@ -170,7 +170,9 @@ class Daemon:
         store_path = resolve_path(self.base, s.store.path)
         connector = aiohttp.TCPConnector(limit_per_host=4)
         async with (
-            SqliteStore(store_path, max_pending=s.store.max_pending, observer=self.metrics) as store,
+            SqliteStore(
+                store_path, max_pending=s.store.max_pending, observer=self.metrics
+            ) as store,
             aiohttp.ClientSession(connector=connector, trust_env=True) as session,
         ):
             self.store = store

@@ -84,14 +84,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_cmd_run)
 
     sandbox = sub.add_parser("sandbox", help="run a local Okta-compatible org")
-    sandbox.add_argument("--listen", default="127.0.0.1:8900", help="HOST:PORT (default %(default)s)")
+    sandbox.add_argument(
+        "--listen", default="127.0.0.1:8900", help="HOST:PORT (default %(default)s)"
+    )
     sandbox.add_argument(
         "--api-token-file",
         help="file holding the admin API token (SSWS); created with a random token if missing",
     )
     sandbox.add_argument("--calls-per-minute", type=int, default=3)
     sandbox.add_argument(
-        "--window-seconds", type=float, default=60.0,
+        "--window-seconds",
+        type=float,
+        default=60.0,
         help="rate window (Okta's is 60; shorten only for benchmarks)",
     )
     sandbox.add_argument("--token-lifetime", type=int, default=3600, help="access token seconds")
@@ -100,10 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo", help="sandbox + daemon + synthetic detector in one process, end to end"
     )
-    demo.add_argument("--ips", type=int, default=2000, help="distinct IPs to send (default %(default)s)")
     demo.add_argument(
-        "--duplicates", type=int, default=500, help="re-sent IPs, to show coalescing"
+        "--ips", type=int, default=2000, help="distinct IPs to send (default %(default)s)"
     )
+    demo.add_argument("--duplicates", type=int, default=500, help="re-sent IPs, to show coalescing")
     demo.add_argument("--high", type=int, default=20, help="late HIGH signals (sent first)")
     demo.add_argument("--data-dir", help="keep the store and keys here (default: a temp dir)")
     demo.add_argument("--verbose", action="store_true", help="show the daemon's logs")

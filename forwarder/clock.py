@@ -133,14 +133,14 @@ class FakeClock:
             self.advance(nxt)
 
 
-async def wait_event(clock: Clock, event: asyncio.Event, timeout: float) -> bool:
-    """Wait until ``event`` is set or ``timeout`` clock-seconds pass; True if it was set."""
+async def wait_event(clock: Clock, event: asyncio.Event, seconds: float) -> bool:
+    """Wait until ``event`` is set or ``seconds`` of clock time pass; True if it was set."""
     if event.is_set():
         return True
-    if timeout <= 0:
+    if seconds <= 0:
         return False
     waiter = asyncio.ensure_future(event.wait())
-    sleeper = asyncio.ensure_future(clock.sleep(timeout))
+    sleeper = asyncio.ensure_future(clock.sleep(seconds))
     try:
         await asyncio.wait({waiter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
     finally:

@@ -72,9 +72,7 @@ def validate_org_url(value: str, field: str = "org_url") -> str:
     first = host.split(".")[0]
     if first.endswith("-admin"):
         fixed = value.replace(f"{first}.", f"{first[: -len('-admin')]}.", 1).rstrip("/")
-        raise ValueError(
-            f"{field} is the Admin Console URL; use the org URL instead ({fixed})"
-        )
+        raise ValueError(f"{field} is the Admin Console URL; use the org URL instead ({fixed})")
     if parts.query or parts.fragment or parts.path.strip("/"):
         raise ValueError(f"{field} must be the bare org URL, without a path, e.g. https://{host}")
     return value.rstrip("/")
@@ -166,7 +164,9 @@ class DispatchSettings(_Section):
 class ProviderSettings(_Section):
     """One Okta org (a third-party risk provider registered there)."""
 
-    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    name: Annotated[
+        str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    ]
     org_url: str
     client_id: str
     private_key_file: str

@@ -60,12 +60,16 @@ async def _post(session: aiohttp.ClientSession, url: str, items: list[dict[str, 
         return int(body["accepted"])
 
 
+def _make_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 async def run_demo(args: argparse.Namespace) -> int:
     configure_logging("info" if args.verbose else "error", "auto", stream=sys.stderr)
     with contextlib.ExitStack() as stack:
         if args.data_dir:
-            data_dir = Path(args.data_dir)
-            data_dir.mkdir(parents=True, exist_ok=True)
+            data_dir = _make_dir(Path(args.data_dir))
         else:
             data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fwd-demo-")))
         return await _demo(args, data_dir)
@@ -113,7 +117,10 @@ async def _demo(args: argparse.Namespace, data_dir: Path) -> int:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(daemon.run(stop), name="daemon")
             await daemon.ready.wait()
-            _say(f"daemon               ingest {daemon.ingest_url}  metrics {daemon.metrics_url}/metrics")
+            _say(
+                f"daemon               ingest {daemon.ingest_url}"
+                f"  metrics {daemon.metrics_url}/metrics"
+            )
             _say("")
             try:
                 result = await _drive(args, daemon, org, client_id, session, rng)
@@ -157,8 +164,7 @@ async def _drive(
             ]
             sent += await _post(session, daemon.ingest_url, items)
         # Late HIGH signals arrive behind a LOW/MEDIUM backlog and must jump it.
-        while not org.accepted and loop.time() - started < 30:
-            await asyncio.sleep(0.05)
+        await _first_call(org, deadline=started + 30)
         if late_high:
             sent += await _post(
                 session,
@@ -181,14 +187,18 @@ async def _drive(
         while True:
             await asyncio.sleep(0.25)
             delivered = set(org.accepted_ips(client_id))
-            coalesced = registry.get_sample_value(
-                "forwarder_signals_coalesced_total", {"provider": PROVIDER}
-            ) or 0
+            coalesced = (
+                registry.get_sample_value(
+                    "forwarder_signals_coalesced_total", {"provider": PROVIDER}
+                )
+                or 0
+            )
             pending = sum(daemon.pending_counts(PROVIDER).values())
             statuses = [c.status for c in org.event_calls]
             next_in = max(0.0, dispatcher.next_call_at() - daemon.clock.time())
             line = (
-                f"[{loop.time() - started:6.1f}s] accepted {sent:>6,} | coalesced {int(coalesced):>5,}"
+                f"[{loop.time() - started:6.1f}s] accepted {sent:>6,}"
+                f" | coalesced {int(coalesced):>5,}"
                 f" | pending {pending:>6,} | calls {len(statuses)} (429s {statuses.count(429)})"
                 f" | delivered {len(delivered & want):>6,}/{len(want):,}"
                 f" | next call slot in {next_in:4.1f}s"
@@ -217,6 +227,12 @@ async def _drive(
     return result
 
 
+async def _first_call(org: SandboxOrg, *, deadline: float) -> None:
+    loop = asyncio.get_running_loop()
+    while not org.accepted and loop.time() < deadline:  # noqa: ASYNC110 - polls another party
+        await asyncio.sleep(0.05)
+
+
 def _max_in_window(times: list[float], window: float) -> int:
     best = 0
     for i, t in enumerate(times):
@@ -240,7 +256,9 @@ def _summary(result: dict[str, Any], org: SandboxOrg, client_id: str) -> int:
     ok = want <= delivered and statuses.count(429) == 0 and high_ok
     _say("")
     _say("summary")
-    _say(f"  detector signals     {result['sent']:,} accepted with 202 ({len(want):,} distinct IPs)")
+    _say(
+        f"  detector signals     {result['sent']:,} accepted with 202 ({len(want):,} distinct IPs)"
+    )
     _say(f"  coalesced            {result['coalesced']:,} re-sightings merged into waiting IPs")
     _say(
         f"  Okta calls           {len(statuses)} ({statuses.count(202)} accepted, "
@@ -251,7 +269,13 @@ def _summary(result: dict[str, Any], org: SandboxOrg, client_id: str) -> int:
     _say(f"  subjects per call    {', '.join(str(n) for n in sizes)} (max 1000)")
     _say(f"  IPs delivered        {len(want & delivered):,} of {len(want):,}")
     if late_high:
-        _say(f"  late HIGH signals    {'in the first call after they arrived' if high_ok else 'DELAYED'}")
+        _say(
+            "  late HIGH signals    "
+            + ("in the first call after they arrived" if high_ok else "DELAYED")
+        )
     _say(f"  elapsed              {result['elapsed']:.1f} s")
-    _say("  result               " + ("OK: every IP delivered, inside the budget" if ok else "FAILED"))
+    _say(
+        "  result               "
+        + ("OK: every IP delivered, inside the budget" if ok else "FAILED")
+    )
     return 0 if ok else 1

@@ -5,7 +5,9 @@ slow or failing provider never delays another. The loop, in order:
 
 1. wait for work (the store's ``changed`` event);
 2. wait for the budget (our sliding window and whatever the server said) and any backoff;
-3. linger briefly to fill the call, unless a HIGH signal waits or a full call is ready;
+3. unless a full call is ready: linger briefly to fill the call (skipped when a HIGH
+   signal waits) and keep partial calls at least ``window / calls`` apart, so a burst
+   cannot spend the whole budget on small calls and then make the backlog wait a window;
 4. lease the next batch (HIGH first, oldest first) and hand it to the :class:`Sender`.
 
 Only what the sender reports decides what happens to the batch: acknowledged, kept for
@@ -32,7 +34,7 @@ from forwarder.errors import (
 )
 from forwarder.ratelimit import CallBudget
 from forwarder.signals import RiskLevel, Signal
-from forwarder.store.base import Lease, Store
+from forwarder.store.base import Store
 
 __all__ = ["DispatchObserver", "Dispatcher", "ProviderState", "Sender"]
 
@@ -91,6 +93,7 @@ class Dispatcher:
         budget: CallBudget,
         clock: Clock,
         linger_s: float = 2.0,
+        pace_s: float | None = None,
         max_age_s: float = 86_400.0,
         expiry_margin_s: float = 5.0,
         backoff_base_s: float = 1.0,
@@ -105,6 +108,8 @@ class Dispatcher:
         self._sender = sender
         self._clock = clock
         self._linger_s = linger_s
+        #: Least spacing between partial calls; full calls only need the budget.
+        self._pace_s = budget.window_s / budget.calls if pace_s is None else pace_s
         self._max_age_ms = int(max_age_s * 1000)
         self._margin_ms = int(expiry_margin_s * 1000)
         self._backoff_base_s = backoff_base_s
@@ -122,7 +127,13 @@ class Dispatcher:
         return self._sender.max_signals_per_call
 
     def next_call_at(self) -> float:
-        """Earliest wall time of the next call (budget, server word and backoff)."""
+        """Earliest wall time of the next call (budget, server word, backoff, pacing)."""
+        at = max(self.budget.next_slot(), self._not_before)
+        if sum(self._store.pending_counts(self.provider).values()) < self.max_per_call:
+            at = max(at, self._paced_from())
+        return at
+
+    def _budget_at(self) -> float:
         return max(self.budget.next_slot(), self._not_before)
 
     # -- the loop --------------------------------------------------------------------
@@ -141,27 +152,34 @@ class Dispatcher:
                 continue
             if self._work_since is None:
                 self._work_since = now
-            hold = self.next_call_at() - now
+            hold = self._budget_at() - now
             if hold > 0:
                 await self._wait(hold, stop)
                 continue
             if self.state.status in ("rate_limited", "backing_off"):
                 self.state = replace(self.state, status="ok", until=None)
-            full = waiting >= self.max_per_call
-            urgent = counts.get(RiskLevel.HIGH, 0) > 0
-            linger_left = self._work_since + self._linger_s - now
-            if linger_left > 0 and not full and not urgent:
-                await self._wait(linger_left, changed, stop)
-                continue
+            if waiting < self.max_per_call:
+                # A partial call is paced (one per window/calls) so a burst cannot spend
+                # the whole budget on small calls; HIGH skips the linger, not the pace.
+                urgent = counts.get(RiskLevel.HIGH, 0) > 0
+                linger_until = self._work_since if urgent else self._work_since + self._linger_s
+                wait = max(self._paced_from() - now, linger_until - now)
+                if wait > 0:
+                    await self._wait(wait, changed, stop)
+                    continue
             await self._attempt()
             self._work_since = self._clock.time()
 
-    async def _wait(self, timeout: float | None, *events: asyncio.Event) -> None:
+    def _paced_from(self) -> float:
+        last = self.budget.last_call()
+        return last + self._pace_s if last is not None else 0.0
+
+    async def _wait(self, seconds: float | None, *events: asyncio.Event) -> None:
         if any(e.is_set() for e in events):
             return
         waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(e.wait()) for e in events]
-        if timeout is not None:
-            waiters.append(asyncio.ensure_future(self._clock.sleep(timeout)))
+        if seconds is not None:
+            waiters.append(asyncio.ensure_future(self._clock.sleep(seconds)))
         try:
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -229,9 +247,7 @@ class Dispatcher:
             self.budget.observe(delivery.window)
             self._failures = 0
             self._auth_retry_pending = False
-            self.state = ProviderState(
-                status="ok", last_call_at=spent_at, last_outcome="accepted"
-            )
+            self.state = ProviderState(status="ok", last_call_at=spent_at, last_outcome="accepted")
             if self._observer is not None:
                 self._observer.delivered(self.provider, lease.signals, self._clock.time())
             self._log.info(
@@ -247,9 +263,7 @@ class Dispatcher:
             return
         self.state = replace(self.state, last_call_at=spent_at, last_outcome=outcome)
         if self._observer is not None:
-            self._observer.call_finished(
-                self.provider, outcome, self._clock.monotonic() - started
-            )
+            self._observer.call_finished(self.provider, outcome, self._clock.monotonic() - started)
 
     def _retryable(self, exc: RetryableSendError, subjects: int) -> None:
         now = self._clock.time()
@@ -276,7 +290,8 @@ class Dispatcher:
             self._auth_retry_pending = False
             self._failing(
                 "Okta refused a freshly issued token (401 twice)",
-                "the token may be revoked or the service app deactivated; run `forwarder okta check`",
+                "the token may be revoked or the service app deactivated; "
+                "run `forwarder okta check`",
             )
             return
         self._backoff(exc.outcome, str(exc))
@@ -309,6 +324,4 @@ class Dispatcher:
         )
         if self._observer is not None:
             self._observer.retried(self.provider, "failing")
-        self._log.error(
-            "provider_failing", error=error, hint=hint, retry_in_s=round(delay, 3)
-        )
+        self._log.error("provider_failing", error=error, hint=hint, retry_in_s=round(delay, 3))

@@ -99,7 +99,9 @@ class RetryableSendError(SendError):
 class PermanentSendError(SendError):
     """Okta rejected the payload itself (400); resending it cannot help."""
 
-    def __init__(self, message: str, *, causes: Sequence[str], outcome: str = "client_error") -> None:
+    def __init__(
+        self, message: str, *, causes: Sequence[str], outcome: str = "client_error"
+    ) -> None:
         self.causes = list(causes)
         super().__init__(message, outcome=outcome)
 

@@ -75,6 +75,10 @@ class CallBudget:
         """Seconds until :meth:`next_slot`."""
         return max(0.0, self.next_slot() - self._clock.time())
 
+    def last_call(self) -> float | None:
+        """Time of the most recent call still remembered (None when none)."""
+        return self._times[-1] if self._times else None
+
     def blocked_until(self) -> float:
         """Wall time until which the server told us to hold off (0 when it did not)."""
         return self._blocked_until

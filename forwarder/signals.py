@@ -170,9 +170,7 @@ def parse_items(
         bad: list[Problem] = []
         for key in item:
             if key not in FIELDS:
-                bad.append(
-                    Problem(index, str(key), f"unknown field; allowed: {', '.join(FIELDS)}")
-                )
+                bad.append(Problem(index, str(key), f"unknown field; allowed: {', '.join(FIELDS)}"))
         ip = level = None
         try:
             if "ip" not in item:

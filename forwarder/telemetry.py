@@ -255,7 +255,11 @@ class Metrics:
             self.dead_lettered_total.labels(p)
             self.call_duration.labels(p)
             for outcome in (
-                "accepted", "rate_limited", "client_error", "server_error", "timeout",
+                "accepted",
+                "rate_limited",
+                "client_error",
+                "server_error",
+                "timeout",
                 "auth_error",
             ):
                 self.calls.labels(p, outcome)

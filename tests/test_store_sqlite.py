@@ -72,7 +72,8 @@ async def test_leased_rows_are_not_leased_twice(store: SqliteStore) -> None:
     await store.add([(["p"], sig(f"192.0.2.{i}")) for i in range(10)])
     first = await lease_all(store, limit=6)
     second = await lease_all(store, limit=6)
-    assert len(first.signals) == 6 and len(second.signals) == 4
+    assert len(first.signals) == 6
+    assert len(second.signals) == 4
     assert not {s.ip for s in first.signals} & {s.ip for s in second.signals}
 
 

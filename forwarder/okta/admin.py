@@ -69,7 +69,11 @@ class AdminClient:
         url = f"{self.org_url}{path}"
         try:
             async with self._session.request(
-                method, url, data=data, headers=headers, timeout=self._timeout,
+                method,
+                url,
+                data=data,
+                headers=headers,
+                timeout=self._timeout,
                 allow_redirects=False,
             ) as resp:
                 status = resp.status

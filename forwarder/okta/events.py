@@ -200,9 +200,7 @@ class RiskEventsSender:
                 RetryableSendError(f"Okta answered {status}", outcome="server_error"), window
             )
         causes = _error_causes(payload) or [f"{status} with body {text[:200]!r}"]
-        raise _with_window(
-            PermanentSendError(f"Okta answered {status}", causes=causes), window
-        )
+        raise _with_window(PermanentSendError(f"Okta answered {status}", causes=causes), window)
 
 
 def _with_window(

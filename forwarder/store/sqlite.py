@@ -153,8 +153,8 @@ class SqliteStore:
         if self._writer is not None:
             self._wake.set()
             # Let queued ingest writes commit before closing; then stop the writer.
-            while self._queue and not self._writer.done():
-                await asyncio.sleep(0.005)
+            if self._queue and not self._writer.done():
+                await asyncio.gather(*(f for _, f in self._queue), return_exceptions=True)
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer

@@ -1,0 +1,146 @@
+"""Test harness: a sandbox org and an in-process daemon sharing one FakeClock."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from forwarder.app import Daemon
+from forwarder.clock import FakeClock
+from forwarder.config import Settings
+from forwarder.okta.keys import SigningKey, generate_signing_key, write_private_key
+from forwarder.sandbox import SandboxOrg, serve
+
+
+def max_in_window(times: Sequence[float], window: float) -> int:
+    """Most calls found in any half-open window of ``window`` seconds."""
+    ordered = sorted(times)
+    return max((sum(1 for u in ordered if t <= u < t + window) for t in ordered), default=0)
+
+
+def ips(count: int, offset: int = 0) -> list[str]:
+    """Distinct IPv4 addresses from the benchmarking range 198.18.0.0/15."""
+    return [
+        f"198.{18 + (offset + i) // 65536}.{(offset + i) // 256 % 256}.{(offset + i) % 256}"
+        for i in range(count)
+    ]
+
+
+@dataclass
+class Harness:
+    clock: FakeClock
+    org: SandboxOrg
+    org_url: str
+    tmp: Path
+    session: aiohttp.ClientSession
+    providers: list[dict[str, Any]] = field(default_factory=list)
+    daemon: Daemon | None = None
+    _task: asyncio.Task[None] | None = None
+    _stop: asyncio.Event | None = None
+
+    def add_provider(
+        self,
+        name: str,
+        *,
+        key: SigningKey | None = None,
+        registered_key: SigningKey | None = None,
+        grant: bool = True,
+        configure: bool = True,
+        **overrides: Any,
+    ) -> str:
+        """Register a service app in the sandbox and a provider in the config; return client id."""
+        key = key or generate_signing_key("RS256")
+        registered = registered_key or key
+        client_id = self.org.register_client(name, {"keys": [registered.public_jwk()]})
+        if grant:
+            self.org.grant(client_id)
+        if configure:
+            self.org.set_provider(client_id, name)
+        key_file = self.tmp / f"{name}.jwk.json"
+        write_private_key(key_file, key, force=True)
+        self.providers.append(
+            {
+                "name": name,
+                "org_url": self.org_url,
+                "client_id": client_id,
+                "private_key_file": str(key_file),
+                **overrides,
+            }
+        )
+        return client_id
+
+    def settings(self, **sections: Any) -> Settings:
+        data: dict[str, Any] = {
+            "ingest": {"listen": "127.0.0.1:0"},
+            "metrics": {"listen": "127.0.0.1:0"},
+            "store": {"path": str(self.tmp / "forwarder.db")},
+            "dispatch": {"linger_s": 2.0, "backoff_base_s": 1.0},
+            "providers": self.providers,
+        }
+        for section, values in sections.items():
+            data[section] = {**data.get(section, {}), **values}
+        return Settings.model_validate(data)
+
+    async def start(self, **sections: Any) -> Daemon:
+        """Start the daemon in the background and wait until it is ready."""
+        daemon = Daemon(self.settings(**sections), self.tmp, clock=self.clock)
+        self._stop = asyncio.Event()
+        self._task = asyncio.create_task(daemon.run(self._stop))
+        ready = asyncio.create_task(daemon.ready.wait())
+        await asyncio.wait({ready, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        if self._task.done():
+            ready.cancel()
+            self._task.result()
+        self.daemon = daemon
+        return daemon
+
+    async def stop(self) -> None:
+        if self._task is None or self._stop is None:
+            return
+        self._stop.set()
+        await self._task
+        self._task = None
+        self.daemon = None
+
+    async def post(self, items: list[dict[str, Any]]) -> tuple[int, Any]:
+        assert self.daemon is not None
+        async with self.session.post(
+            f"{self.daemon.ingest_url}/v1/signals",
+            data=json.dumps(items),
+            headers={"Content-Type": "application/json"},
+        ) as resp:
+            return resp.status, await resp.json()
+
+    async def get(self, path: str) -> tuple[int, Any]:
+        assert self.daemon is not None
+        async with self.session.get(f"{self.daemon.metrics_url}{path}") as resp:
+            text = await resp.text()
+            try:
+                return resp.status, json.loads(text)
+            except ValueError:
+                return resp.status, text
+
+    def delivered(self, client_id: str) -> list[str]:
+        return self.org.accepted_ips(client_id)
+
+    async def until(self, condition: Any, *, max_seconds: float = 3600.0) -> float:
+        return await self.clock.run_until(condition, max_seconds=max_seconds, settle=0.03)
+
+
+@contextlib.asynccontextmanager
+async def harness(tmp: Path, **org_kwargs: Any) -> AsyncIterator[Harness]:
+    clock = FakeClock()
+    org = SandboxOrg(clock=clock, **org_kwargs)
+    async with serve(org) as url, aiohttp.ClientSession() as session:
+        h = Harness(clock=clock, org=org, org_url=url, tmp=tmp, session=session)
+        try:
+            yield h
+        finally:
+            await h.stop()

@@ -1,0 +1,100 @@
+"""Configuration: the shipped file, Okta's URL rules, env overrides, every problem named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from forwarder.config import load_settings
+from forwarder.errors import ConfigError
+from forwarder.okta.keys import generate_signing_key, write_private_key
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _write(tmp_path: Path, provider: str, extra: str = "") -> Path:
+    write_private_key(tmp_path / "k.json", generate_signing_key("ES256"), force=True)
+    path = tmp_path / "forwarder.toml"
+    path.write_text(extra + "\n[[providers]]\n" + provider + '\nprivate_key_file = "k.json"\n')
+    return path
+
+
+GOOD = 'name = "acme"\norg_url = "https://acme.okta.com/"\nclient_id = "0oa123"'
+
+
+def test_shipped_config_parses_and_names_its_missing_key() -> None:
+    """config/forwarder.toml is valid apart from the example key file it points at."""
+    settings, _ = load_settings(REPO / "config" / "forwarder.toml", check_files=False)
+    assert settings.providers[0].calls_per_minute == 3
+    with pytest.raises(ConfigError) as err:
+        load_settings(REPO / "config" / "forwarder.toml")
+    assert any("acme-prod" in p and "does not exist" in p for p in err.value.problems)
+
+
+def test_trailing_slash_is_dropped(tmp_path: Path) -> None:
+    """org_url loses its trailing /."""
+    settings, _ = load_settings(_write(tmp_path, GOOD))
+    assert settings.providers[0].org_url == "https://acme.okta.com"
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (
+            'org_url = "https://acme-admin.okta.com"',
+            "use the org URL instead (https://acme.okta.com)",
+        ),
+        ('org_url = "http://acme.okta.com"', "must use https://"),
+        ('org_url = " https://acme.okta.com"', "org_url has leading or trailing whitespace"),
+        ('client_id = "\\"0oa123\\""', "client_id is wrapped in quotes"),
+        ('client_id = "0oa123 "', "client_id has leading or trailing whitespace"),
+        ("colour = 1", "providers[acme].colour: unknown key"),
+    ],
+)
+def test_okta_troubleshooting_mistakes_are_named(tmp_path: Path, line: str, expected: str) -> None:
+    """Admin URL, http, whitespace, quotes and unknown keys give the documented message."""
+    key = line.split(" =", maxsplit=1)[0]
+    body = "\n".join(x for x in GOOD.splitlines() if not x.startswith(key + " ")) + "\n" + line
+    with pytest.raises(ConfigError) as err:
+        load_settings(_write(tmp_path, body))
+    assert any(expected in p for p in err.value.problems), err.value.problems
+
+
+def test_http_allowed_for_loopback_sandbox(tmp_path: Path) -> None:
+    """Plain http is fine for a loopback sandbox."""
+    body = GOOD.replace("https://acme.okta.com/", "http://127.0.0.1:8900")
+    settings, _ = load_settings(_write(tmp_path, body))
+    assert settings.providers[0].org_url == "http://127.0.0.1:8900"
+
+
+def test_duplicate_names_and_all_problems_reported(tmp_path: Path) -> None:
+    """Every problem is listed at once."""
+    path = _write(tmp_path, GOOD, extra='[ingest]\nlisten = "0.0.0.0:8080"\n')
+    path.write_text(
+        path.read_text() + "\n[[providers]]\n" + GOOD + '\nprivate_key_file = "nope.json"\n'
+    )
+    with pytest.raises(ConfigError) as err:
+        load_settings(path)
+    text = "\n".join(err.value.problems)
+    assert "'acme' is used more than once" in text
+    assert "tokens_file is required" in text
+    assert "nope.json does not exist" in text
+
+
+def test_env_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FORWARDER_<SECTION>__<KEY> beats the file."""
+    monkeypatch.setenv("FORWARDER_INGEST__LISTEN", "127.0.0.1:9999")
+    monkeypatch.setenv("FORWARDER_STORE__MAX_PENDING", "42")
+    settings, _ = load_settings(_write(tmp_path, GOOD))
+    assert settings.ingest.listen == "127.0.0.1:9999"
+    assert settings.store.max_pending == 42
+
+
+def test_public_key_file_is_refused(tmp_path: Path) -> None:
+    """A public JWK in private_key_file is named as the wrong half."""
+    path = _write(tmp_path, GOOD)
+    (tmp_path / "k.json").write_text('{"kty": "EC", "crv": "P-256", "x": "a", "y": "b"}')
+    with pytest.raises(ConfigError) as err:
+        load_settings(path)
+    assert any("public JWK" in p for p in err.value.problems)

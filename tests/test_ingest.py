@@ -1,0 +1,163 @@
+"""The detector API over real loopback HTTP, with a real SQLite store."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from forwarder.clock import FakeClock
+from forwarder.ingest import IngestApi
+from forwarder.signals import RiskLevel
+from forwarder.store.sqlite import SqliteStore
+
+TOKEN = "detector-secret-token-1"
+
+
+@dataclass
+class Api:
+    url: str
+    store: SqliteStore
+    ingest: IngestApi
+    session: aiohttp.ClientSession
+
+    async def post(
+        self, body: object, *, ctype: str = "application/json", token: str | None = TOKEN
+    ) -> tuple[int, dict[str, object], dict[str, str]]:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        headers = {"Content-Type": ctype}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        async with self.session.post(f"{self.url}/v1/signals", data=data, headers=headers) as r:
+            return r.status, await r.json(), dict(r.headers)
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[Api]:
+    async with SqliteStore(tmp_path / "f.db", max_pending=50) as store:
+        ingest = IngestApi(
+            store=store,
+            providers=["a", "b"],
+            clock=FakeClock(),
+            tokens=[TOKEN, "other-token"],
+            max_body_bytes=4096,
+        )
+        runner = web.AppRunner(ingest.app())
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        async with aiohttp.ClientSession() as session:
+            yield Api(f"http://127.0.0.1:{port}", store, ingest, session)
+        await runner.cleanup()
+
+
+async def test_accepted_signals_are_stored(api: Api) -> None:
+    """202 {"accepted": N} and the rows are in the store for every provider."""
+    status, body, _ = await api.post(
+        [
+            {"ip": "192.0.2.1", "riskLevel": "high"},
+            {"ip": "192.0.2.2", "riskLevel": "LOW", "provider": "b"},
+        ]
+    )
+    assert (status, body) == (202, {"accepted": 2})
+    assert api.store.pending_counts("a") == {RiskLevel.HIGH: 1}
+    assert api.store.pending_counts("b") == {RiskLevel.HIGH: 1, RiskLevel.LOW: 1}
+
+
+async def test_single_object_and_ndjson(api: Api) -> None:
+    """One object, or newline-delimited JSON, is accepted too."""
+    status, body, _ = await api.post({"ip": "192.0.2.1", "riskLevel": "MEDIUM"})
+    assert (status, body) == (202, {"accepted": 1})
+    nd = b'{"ip": "192.0.2.2", "riskLevel": "LOW"}\n\n{"ip": "192.0.2.3", "riskLevel": "LOW"}\n'
+    status, body, _ = await api.post(nd, ctype="application/x-ndjson")
+    assert (status, body) == (202, {"accepted": 2})
+    assert api.store.pending_total() == 6
+
+
+async def test_bad_items_are_all_named_and_nothing_stored(api: Api) -> None:
+    """400 lists every bad item with index and field; the good ones are not stored either."""
+    status, body, _ = await api.post(
+        [
+            {"ip": "192.0.2.1", "riskLevel": "HIGH"},
+            {"ip": "not-an-ip", "riskLevel": "HIGH"},
+            {"ip": "192.0.2.3", "riskLevel": "URGENT", "provider": "zzz"},
+        ]
+    )
+    assert status == 400
+    details = body["details"]
+    assert isinstance(details, list)
+    assert {(d["index"], d["field"]) for d in details} == {
+        (1, "ip"),
+        (2, "riskLevel"),
+        (2, "provider"),
+    }
+    assert "2 of 3 signals are invalid" in str(body["error"])
+    assert api.store.pending_total() == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "ctype", "token", "status"),
+    [
+        ([{"ip": "192.0.2.1", "riskLevel": "LOW"}], "application/json", None, 401),
+        ([{"ip": "192.0.2.1", "riskLevel": "LOW"}], "application/json", "wrong", 401),
+        ([{"ip": "192.0.2.1", "riskLevel": "LOW"}], "text/plain", TOKEN, 415),
+        (b"{not json", "application/json", TOKEN, 400),
+        (b"[]", "application/json", TOKEN, 400),
+        (b"7", "application/json", TOKEN, 400),
+        (b"\xff\xfe", "application/json", TOKEN, 400),
+        (b"x" * 5000, "application/json", TOKEN, 413),
+        (b'{"ip": 1}\n{oops', "application/x-ndjson", TOKEN, 400),
+    ],
+)
+async def test_bad_requests_get_a_4xx_and_store_nothing(
+    api: Api, body: object, ctype: str, token: str | None, status: int
+) -> None:
+    """Auth, content type, malformed and oversized bodies: the right 4xx, never a 500."""
+    got, answer, _ = await api.post(body, ctype=ctype, token=token)
+    assert got == status
+    assert answer["error"]
+    assert api.store.pending_total() == 0
+
+
+async def test_second_token_is_accepted(api: Api) -> None:
+    """Any token of the tokens file works."""
+    status, _, _ = await api.post({"ip": "192.0.2.1", "riskLevel": "LOW"}, token="other-token")
+    assert status == 202
+
+
+async def test_full_store_answers_503_with_retry_after(api: Api) -> None:
+    """At max_pending the API says 503 and when to retry."""
+    items = [{"ip": f"198.18.0.{i}", "riskLevel": "LOW", "provider": "a"} for i in range(50)]
+    assert (await api.post(items))[0] == 202
+    status, body, headers = await api.post({"ip": "192.0.2.99", "riskLevel": "LOW"})
+    assert status == 503
+    assert "Retry-After" in headers
+    assert "store is full" in str(body["error"])
+
+
+async def test_shutting_down_answers_503(api: Api) -> None:
+    """After shutdown starts, ingest refuses with 503 instead of accepting."""
+    api.ingest.accepting = False
+    status, _, headers = await api.post({"ip": "192.0.2.1", "riskLevel": "LOW"})
+    assert status == 503
+    assert headers["Retry-After"] == "5"
+    assert api.store.pending_total() == 0
+
+
+async def test_concurrent_requests_all_commit(api: Api) -> None:
+    """Concurrent requests share commits and all get 202."""
+    results = await asyncio.gather(
+        *(
+            api.post([{"ip": f"198.18.1.{i}", "riskLevel": "LOW", "provider": "a"}])
+            for i in range(20)
+        )
+    )
+    assert {r[0] for r in results} == {202}
+    assert api.store.pending_counts("a") == {RiskLevel.LOW: 20}
