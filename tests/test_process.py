@@ -1,0 +1,290 @@
+"""Real processes: kill -9 loses nothing, SIGTERM drains, the CLI and the demo work.
+
+These run `python -m forwarder` in subprocesses against a sandbox subprocess, with the
+budget window shortened on both sides (5 s) so a run takes seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from forwarder.okta.admin import AdminClient
+from forwarder.okta.keys import generate_signing_key, write_private_key
+from tests.harness import ips
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Proc:
+    """A `python -m forwarder ...` subprocess whose output goes to a file (never blocks)."""
+
+    def __init__(self, log: Path, *args: str, cwd: Path = REPO) -> None:
+        self.log = log
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with log.open("a") as out:
+            self.popen = subprocess.Popen(
+                [sys.executable, "-m", "forwarder", *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=env,
+                cwd=cwd,
+            )
+
+    @property
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def wait_for_output(self, text: str, seconds: float = 20) -> None:
+        deadline = time.monotonic() + seconds
+        while text not in self.output:
+            if self.popen.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"never saw {text!r}: {self.output}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+        self.popen.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def sandbox(tmp: Path, window_s: float = 5.0) -> Iterator[tuple[str, str]]:
+    port = free_port()
+    token_file = tmp / "api-token"
+    proc = Proc(
+        tmp / "sandbox.log",
+        "sandbox",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--api-token-file",
+        str(token_file),
+        "--window-seconds",
+        str(window_s),
+    )
+    try:
+        proc.wait_for_output("listening on")
+        yield f"http://127.0.0.1:{port}", token_file.read_text().strip()
+    finally:
+        proc.stop()
+
+
+async def provision(org: str, api_token: str, tmp: Path, name: str = "acme") -> Path:
+    """Set up a provider the way an operator would, and write its config."""
+    key = generate_signing_key("ES256")
+    write_private_key(tmp / f"{name}.jwk.json", key, force=True)
+    async with aiohttp.ClientSession() as session:
+        admin = AdminClient(session, org, api_token)
+        client_id = (await admin.create_service_app(name, key.public_jwk()))["client_id"]
+        await admin.grant_scope(client_id)
+        default = (await admin.list_providers())[0]
+        await admin.update_provider(
+            default["id"], name=name, client_id=client_id, action="log_only"
+        )
+    config = tmp / "forwarder.toml"
+    config.write_text(
+        f"""
+[ingest]
+listen = "127.0.0.1:{free_port()}"
+[metrics]
+listen = "127.0.0.1:{free_port()}"
+[store]
+path = "data/forwarder.db"
+[log]
+format = "json"
+[dispatch]
+linger_s = 0.5
+shutdown_grace_s = 5
+[[providers]]
+name = "{name}"
+org_url = "{org}"
+client_id = "{client_id}"
+private_key_file = "{name}.jwk.json"
+window_s = 5
+"""
+    )
+    return config
+
+
+def urls(config: Path) -> tuple[str, str]:
+    text = config.read_text()
+    ingest = text.split("[ingest]\nlisten = ")[1].split("\n")[0].strip('"')
+    metrics = text.split("[metrics]\nlisten = ")[1].split("\n")[0].strip('"')
+    return f"http://{ingest}", f"http://{metrics}"
+
+
+async def wait_ready(metrics_url: str, proc: Proc) -> None:
+    async with aiohttp.ClientSession() as session:
+        for _ in range(200):
+            if proc.popen.poll() is not None:
+                raise AssertionError(f"daemon exited {proc.popen.returncode}: {proc.output}")
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(f"{metrics_url}/readyz") as resp:
+                    if resp.status == 200:
+                        return
+            await asyncio.sleep(0.05)
+    raise AssertionError("daemon never became ready")
+
+
+async def accepted_ips(org: str, api_token: str) -> list[str]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
+            f"{org}/_sandbox/accepted", headers={"Authorization": f"SSWS {api_token}"}
+        ) as resp,
+    ):
+        calls = await resp.json()
+    return [s["ip"] for c in calls for e in c["body"] for s in e["subjects"]]
+
+
+async def call_statuses(org: str, api_token: str) -> list[int]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{org}/_sandbox/calls", headers={"Authorization": f"SSWS {api_token}"}) as r,
+    ):
+        return [c["status"] for c in await r.json()]
+
+
+@pytest.fixture
+async def daemon_env(tmp_path: Path) -> AsyncIterator[tuple[str, str, Path]]:
+    with sandbox(tmp_path) as (org, token):
+        config = await provision(org, token, tmp_path)
+        yield org, token, config
+
+
+async def test_kill_9_after_202_loses_nothing(daemon_env: tuple[str, str, Path]) -> None:
+    """Every signal answered 202 reaches Okta, though the daemon was SIGKILLed right after."""
+    org, token, config = daemon_env
+    ingest, metrics = urls(config)
+    proc = Proc(config.parent / "daemon.log", "run", "--config", str(config))
+    try:
+        await wait_ready(metrics, proc)
+        sent = ips(6000)
+        async with aiohttp.ClientSession() as session:
+            for i in range(0, len(sent), 200):
+                items = [{"ip": ip, "riskLevel": "LOW"} for ip in sent[i : i + 200]]
+                async with session.post(f"{ingest}/v1/signals", json=items) as resp:
+                    assert resp.status == 202
+        proc.popen.send_signal(signal.SIGKILL)
+        proc.popen.wait(timeout=10)
+    finally:
+        proc.stop()
+    before = set(await accepted_ips(org, token))
+    assert len(before) < len(sent), "the daemon delivered everything before the kill"
+    proc = Proc(config.parent / "daemon.log", "run", "--config", str(config))
+    try:
+        await wait_ready(metrics, proc)
+        for _ in range(600):
+            if set(await accepted_ips(org, token)) >= set(sent):
+                break
+            await asyncio.sleep(0.1)
+        assert set(await accepted_ips(org, token)) >= set(sent)
+        assert 429 not in await call_statuses(org, token)
+    finally:
+        proc.stop()
+
+
+async def test_sigterm_drains_and_keeps_the_backlog(daemon_env: tuple[str, str, Path]) -> None:
+    """SIGTERM: exit 0 promptly; what was not sent stays in the store."""
+    org, token, config = daemon_env
+    ingest, metrics = urls(config)
+    proc = Proc(config.parent / "daemon.log", "run", "--config", str(config))
+    try:
+        await wait_ready(metrics, proc)
+        async with aiohttp.ClientSession() as session:
+            items = [{"ip": ip, "riskLevel": "LOW"} for ip in ips(5000)]
+            for i in range(0, len(items), 500):
+                async with session.post(f"{ingest}/v1/signals", json=items[i : i + 500]) as r:
+                    assert r.status == 202
+        await asyncio.sleep(0.5)
+        started = time.monotonic()
+        proc.popen.send_signal(signal.SIGTERM)
+        assert proc.popen.wait(timeout=15) == 0
+        assert time.monotonic() - started < 6
+    finally:
+        proc.stop()
+    lines = proc.output.splitlines()
+    events = [json.loads(line)["event"] for line in lines if line.startswith("{")]
+    assert "forwarder_draining" in events
+    assert "forwarder_stopped" in events
+    delivered = len(set(await accepted_ips(org, token)))
+    db = sqlite3.connect(config.parent / "data" / "forwarder.db")
+    (pending,) = db.execute("SELECT count(*) FROM pending").fetchone()
+    db.close()
+    assert pending > 0
+    assert delivered + pending == 5000
+
+
+def test_config_check_names_problems_and_exits_2(tmp_path: Path) -> None:
+    """`forwarder config check` prints every problem and exits 2; a good config exits 0."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        '[[providers]]\nname = "a"\norg_url = "https://a-admin.okta.com/"\n'
+        'client_id = " 0oa1"\nprivate_key_file = "missing.json"\n'
+    )
+    proc = cli("config", "check", "--config", str(bad))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2
+    assert "use the org URL instead (https://a.okta.com)" in out
+    assert "client_id has leading or trailing whitespace" in out
+    good = tmp_path / "good.toml"
+    write_private_key(tmp_path / "k.json", generate_signing_key("RS256"))
+    good.write_text(
+        '[[providers]]\nname = "a"\norg_url = "https://a.okta.com"\n'
+        'client_id = "0oa1"\nprivate_key_file = "k.json"\n'
+    )
+    proc = cli("config", "check", "--config", str(good))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "OK" in out
+
+
+def cli(*args: str, cwd: Path = REPO, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "FORWARDER_CONFIG"}
+    return subprocess.run(
+        [sys.executable, "-m", "forwarder", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_run_without_config_is_a_usage_error() -> None:
+    """`forwarder run` with no config says how to give one and exits 2."""
+    proc = cli("run")
+    assert proc.returncode == 2
+    assert "--config" in proc.stderr
+
+
+def test_demo_delivers_everything_and_exits_0(tmp_path: Path) -> None:
+    """The README's first command: `forwarder demo` ends with every IP delivered."""
+    proc = cli("demo", cwd=tmp_path, timeout=100)
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    assert "result               OK" in out
+    assert "IPs delivered        2,020 of 2,020" in out
+    assert "0 rate-limited" in out
