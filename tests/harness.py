@@ -53,22 +53,24 @@ class Harness:
         registered_key: SigningKey | None = None,
         grant: bool = True,
         configure: bool = True,
+        org: tuple[SandboxOrg, str] | None = None,
         **overrides: Any,
     ) -> str:
         """Register a service app in the sandbox and a provider in the config; return client id."""
+        sandbox, org_url = org or (self.org, self.org_url)
         key = key or generate_signing_key("RS256")
         registered = registered_key or key
-        client_id = self.org.register_client(name, {"keys": [registered.public_jwk()]})
+        client_id = sandbox.register_client(name, {"keys": [registered.public_jwk()]})
         if grant:
-            self.org.grant(client_id)
+            sandbox.grant(client_id)
         if configure:
-            self.org.set_provider(client_id, name)
+            sandbox.set_provider(client_id, name)
         key_file = self.tmp / f"{name}.jwk.json"
         write_private_key(key_file, key, force=True)
         self.providers.append(
             {
                 "name": name,
-                "org_url": self.org_url,
+                "org_url": org_url,
                 "client_id": client_id,
                 "private_key_file": str(key_file),
                 **overrides,

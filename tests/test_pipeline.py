@@ -18,6 +18,7 @@ import pytest
 
 from forwarder.okta.keys import generate_signing_key, private_jwk_json
 from forwarder.okta.tokens import TokenSource
+from forwarder.sandbox import SandboxOrg, serve
 from forwarder.signals import format_ms
 from forwarder.telemetry import configure_logging
 from tests.harness import Harness, harness, ips, max_in_window
@@ -210,6 +211,37 @@ async def test_wrong_key_provider_does_not_stop_another(h: Harness) -> None:
     assert "key" in bad["hint"]
     assert bad["pending"] == 1500
     assert body["providers"]["good"]["state"] == "ok"
+
+
+async def test_slow_provider_does_not_delay_another(h: Harness) -> None:
+    """While one org takes seconds to answer, the other org's calls go out and land."""
+    slow_org = SandboxOrg(clock=h.clock)
+    slow_org.events_delay_s = 1.5
+    async with serve(slow_org) as slow_url:
+        slow = h.add_provider("slow", org=(slow_org, slow_url))
+        fast = h.add_provider("fast")
+        daemon = await h.start()
+        assert daemon.store is not None
+        await post_all(h, signals(ips(5), "HIGH"))
+        await h.until(lambda: len(h.delivered(fast)) >= 5 and len(slow_org.event_calls) == 1)
+        await h.until(lambda: daemon.store is not None and daemon.store.pending_total() == 5)
+        # fast is done while slow's call has not been answered yet
+        assert daemon.dispatchers["slow"].state.last_outcome is None
+        assert sum(daemon.store.pending_counts("slow").values()) == 5
+        await h.until(lambda: daemon.store is not None and daemon.store.pending_total() == 0)
+        assert slow_org.accepted_ips(slow) == ips(5)
+
+
+async def test_app_not_configured_as_risk_provider_is_failing(h: Harness) -> None:
+    """A 403 on the events call marks the provider failing with a hint; signals are kept."""
+    h.add_provider("unset", configure=False)
+    daemon = await h.start()
+    await post_all(h, signals(ips(3), "HIGH"))
+    await h.until(lambda: daemon.dispatchers["unset"].state.status == "failing")
+    assert statuses(h) == [403]
+    _, body = await h.get("/readyz")
+    assert "risk provider" in body["providers"]["unset"]["hint"]
+    assert body["providers"]["unset"]["pending"] == 3
 
 
 async def test_missing_scope_grant_is_reported(h: Harness) -> None:
