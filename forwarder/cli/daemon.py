@@ -1,30 +1,15 @@
-"""The ``forwarder`` command line: argv -> settings -> logging -> the right coroutine.
-
-Exit codes: 0 success, 1 the daemon or a remote said no, 2 usage or config error.
-"""
+"""``forwarder run``, ``config check``, ``sandbox`` and ``demo``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
-from collections.abc import Sequence
-from pathlib import Path
+from typing import Any
 
-from forwarder import __version__
-from forwarder.errors import ConfigError, ForwarderError
+from forwarder.cli.common import EXIT_OK, EXIT_USAGE, config_path
 
-__all__ = ["main"]
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-
-
-def _config_path(value: str | None) -> Path | None:
-    raw = value or os.environ.get("FORWARDER_CONFIG")
-    return Path(raw) if raw else None
+__all__ = ["register"]
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -32,7 +17,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from forwarder.config import load_settings  # noqa: PLC0415
     from forwarder.telemetry import configure_logging  # noqa: PLC0415
 
-    path = _config_path(args.config)
+    path = config_path(args.config)
     if path is None:
         print(
             "forwarder run needs a config: pass --config FILE or set FORWARDER_CONFIG "
@@ -49,7 +34,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_config_check(args: argparse.Namespace) -> int:
     from forwarder.config import load_settings  # noqa: PLC0415
 
-    path = _config_path(args.config)
+    path = config_path(args.config)
     if path is None:
         print("config check needs --config FILE or FORWARDER_CONFIG", file=sys.stderr)
         return EXIT_USAGE
@@ -71,17 +56,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(run_demo(args))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="forwarder",
-        description="Forward IP risk signals to Okta orgs, within their rate budget.",
-    )
-    parser.add_argument("--version", action="version", version=f"forwarder {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def register(sub: Any) -> None:
+    """Add this module's commands to the ``forwarder`` parser."""
     run = sub.add_parser("run", help="run the daemon")
     run.add_argument("--config", help="config file (default: $FORWARDER_CONFIG)")
     run.set_defaults(func=_cmd_run)
+
+    config = sub.add_parser("config", help="configuration tools")
+    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
+    check = config_sub.add_parser("check", help="validate a config and its key files")
+    check.add_argument("--config", help="config file (default: $FORWARDER_CONFIG)")
+    check.set_defaults(func=_cmd_config_check)
 
     sandbox = sub.add_parser("sandbox", help="run a local Okta-compatible org")
     sandbox.add_argument(
@@ -107,36 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--ips", type=int, default=2000, help="distinct IPs to send (default %(default)s)"
     )
-    demo.add_argument("--duplicates", type=int, default=500, help="re-sent IPs, to show coalescing")
+    demo.add_argument(
+        "--duplicates", type=int, default=500, help="re-sightings, to show coalescing"
+    )
     demo.add_argument("--high", type=int, default=20, help="late HIGH signals (sent first)")
     demo.add_argument("--data-dir", help="keep the store and keys here (default: a temp dir)")
     demo.add_argument("--verbose", action="store_true", help="show the daemon's logs")
     demo.set_defaults(func=_cmd_demo)
-
-    config = sub.add_parser("config", help="configuration tools")
-    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
-    check = config_sub.add_parser("check", help="validate a config and its key files")
-    check.add_argument("--config", help="config file (default: $FORWARDER_CONFIG)")
-    check.set_defaults(func=_cmd_config_check)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``forwarder`` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        code: int = args.func(args)
-    except ConfigError as exc:
-        print(f"forwarder: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except ForwarderError as exc:
-        print(f"forwarder: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        return 130
-    return code
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
