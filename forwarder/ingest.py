@@ -173,4 +173,6 @@ class IngestApi:
             except (ValueError, UnicodeDecodeError) as exc:
                 problems.append(Problem(len(items), "", f"line {line_no} is not valid JSON: {exc}"))
                 items.append(None)
+        if problems:
+            return None, problems
         return items, problems

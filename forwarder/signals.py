@@ -14,12 +14,11 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import IntEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = [
     "FIELDS",
     "MAX_MESSAGE_CHARS",
-    "PendingSignal",
     "Problem",
     "RiskLevel",
     "Signal",
@@ -33,6 +32,12 @@ __all__ = [
 MAX_MESSAGE_CHARS = 512
 #: Okta's pattern ``^[a-zA-Z0-9 .\-_]*$``; everything else is replaced, never rejected.
 _NOT_ALLOWED = re.compile(r"[^a-zA-Z0-9 .\-_]+")
+#: A message that already fits: allowed characters, single spaces, no padding, <= 512.
+_PLAIN_MESSAGE = re.compile(r"(?=.{0,512}\Z)[a-zA-Z0-9.\-_]+(?: [a-zA-Z0-9.\-_]+)*", re.DOTALL)
+#: Canonical dotted-quad IPv4 (no leading zeros): already in normal form.
+_IPV4 = re.compile(
+    r"(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+)
 _SPACES = re.compile(r" {2,}")
 #: Timestamps further ahead than this are refused: a future time would win coalescing forever.
 MAX_FUTURE_SKEW_MS = 300_000
@@ -49,11 +54,19 @@ class RiskLevel(IntEnum):
 
 
 _LEVELS = {level.name: level for level in RiskLevel}
+_LEVEL_SPELLINGS = {
+    spelling: level
+    for level in RiskLevel
+    for spelling in (level.name, level.name.lower(), level.name.capitalize())
+}
+_FIELD_SET = frozenset(FIELDS)
 
 
-@dataclass(frozen=True, slots=True)
-class Signal:
-    """One observation of an IP, as stored. Times are integer epoch milliseconds."""
+class Signal(NamedTuple):
+    """One observation of an IP, as stored. Times are integer epoch milliseconds.
+
+    A NamedTuple rather than a dataclass: ingest builds hundreds of thousands a second.
+    """
 
     ip: str
     risk: RiskLevel
@@ -61,14 +74,6 @@ class Signal:
     ts_ms: int
     expires_ms: int | None
     received_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class PendingSignal:
-    """A stored signal waiting for (or leased to) one provider."""
-
-    provider: str
-    signal: Signal
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +154,79 @@ def _parse_providers(value: object, known: Collection[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
+def _problems(
+    index: int, item: Mapping[str, Any], now_ms: int, known: Collection[str]
+) -> list[Problem]:
+    """Everything wrong with one item (the slow, thorough path)."""
+    bad = [
+        Problem(index, str(key), f"unknown field; allowed: {', '.join(FIELDS)}")
+        for key in item
+        if key not in FIELDS
+    ]
+    checks: list[tuple[str, Any]] = [
+        ("ip", lambda: _parse_ip(item["ip"]) if "ip" in item else _missing("")),
+        (
+            "riskLevel",
+            lambda: (
+                _parse_level(item["riskLevel"])
+                if "riskLevel" in item
+                else _missing(" (LOW, MEDIUM or HIGH)")
+            ),
+        ),
+    ]
+    for field, check in checks:
+        try:
+            check()
+        except ValueError as exc:
+            bad.append(Problem(index, field, str(exc)))
+    message = item.get("message")
+    if message is not None and not isinstance(message, str):
+        bad.append(Problem(index, "message", "must be a string"))
+    ts_ms = now_ms
+    try:
+        ts_ms = _timestamp(item.get("timestamp"), now_ms)
+    except ValueError as exc:
+        bad.append(Problem(index, "timestamp", str(exc)))
+    try:
+        _expiry(item.get("expiresAt"), ts_ms, now_ms)
+    except ValueError as exc:
+        bad.append(Problem(index, "expiresAt", str(exc)))
+    if item.get("provider") is not None:
+        try:
+            _parse_providers(item["provider"], known)
+        except ValueError as exc:
+            bad.append(Problem(index, "provider", str(exc)))
+    return bad
+
+
+def _missing(what: str) -> None:
+    raise ValueError(f"is required{what}")
+
+
+def _timestamp(raw: object, now_ms: int) -> int:
+    if raw is None:
+        return now_ms
+    if not isinstance(raw, str):
+        raise ValueError("must be an RFC 3339 date-time string")
+    ts_ms = parse_rfc3339_ms(raw)
+    if ts_ms > now_ms + MAX_FUTURE_SKEW_MS:
+        raise ValueError("is more than 5 minutes in the future; check the clock")
+    return ts_ms
+
+
+def _expiry(raw: object, ts_ms: int, now_ms: int) -> int | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, str):
+        raise ValueError("must be an RFC 3339 date-time string")
+    expires_ms = parse_rfc3339_ms(raw)
+    if expires_ms <= ts_ms:
+        raise ValueError("must be after timestamp")
+    if expires_ms <= now_ms:
+        raise ValueError("is already in the past")
+    return expires_ms
+
+
 def parse_items(
     items: Iterable[Any],
     *,
@@ -158,80 +236,40 @@ def parse_items(
     """Validate detector items; return (signals with their target providers, problems).
 
     When ``problems`` is non-empty the caller must store nothing of the request.
+    The common case (canonical IPv4, upper-case level, plain message, no times) takes a
+    fast path; anything else is parsed fully, and any item that fails is re-examined by
+    the thorough path so every problem of every item is named.
     """
     out: list[tuple[tuple[str, ...], Signal]] = []
     problems: list[Problem] = []
     everyone = tuple(providers)
     known = frozenset(providers)
+    fields = _FIELD_SET
     for index, item in enumerate(items):
-        if not isinstance(item, Mapping):
-            problems.append(Problem(index, "", "each signal must be a JSON object"))
-            continue
-        bad: list[Problem] = []
-        for key in item:
-            if key not in FIELDS:
-                bad.append(Problem(index, str(key), f"unknown field; allowed: {', '.join(FIELDS)}"))
-        ip = level = None
         try:
-            if "ip" not in item:
-                raise ValueError("is required")
-            ip = _parse_ip(item["ip"])
-        except ValueError as exc:
-            bad.append(Problem(index, "ip", str(exc)))
-        try:
-            if "riskLevel" not in item:
-                raise ValueError("is required (LOW, MEDIUM or HIGH)")
-            level = _parse_level(item["riskLevel"])
-        except ValueError as exc:
-            bad.append(Problem(index, "riskLevel", str(exc)))
-        message = item.get("message")
-        if message is not None and not isinstance(message, str):
-            bad.append(Problem(index, "message", "must be a string"))
-            message = None
-        ts_ms = now_ms
-        raw_ts = item.get("timestamp")
-        if raw_ts is not None:
-            try:
-                if not isinstance(raw_ts, str):
-                    raise ValueError("must be an RFC 3339 date-time string")
-                ts_ms = parse_rfc3339_ms(raw_ts)
-                if ts_ms > now_ms + MAX_FUTURE_SKEW_MS:
-                    raise ValueError("is more than 5 minutes in the future; check the clock")
-            except ValueError as exc:
-                bad.append(Problem(index, "timestamp", str(exc)))
-        expires_ms: int | None = None
-        raw_exp = item.get("expiresAt")
-        if raw_exp is not None:
-            try:
-                if not isinstance(raw_exp, str):
-                    raise ValueError("must be an RFC 3339 date-time string")
-                expires_ms = parse_rfc3339_ms(raw_exp)
-                if expires_ms <= ts_ms:
-                    raise ValueError("must be after timestamp")
-                if expires_ms <= now_ms:
-                    raise ValueError("is already in the past")
-            except ValueError as exc:
-                bad.append(Problem(index, "expiresAt", str(exc)))
-        targets = everyone
-        if item.get("provider") is not None:
-            try:
-                targets = _parse_providers(item["provider"], known)
-            except ValueError as exc:
-                bad.append(Problem(index, "provider", str(exc)))
-        if bad or ip is None or level is None:
-            problems.extend(bad)
+            if type(item) is not dict or not item.keys() <= fields:
+                raise ValueError
+            raw_ip = item["ip"]
+            ip = raw_ip if type(raw_ip) is str and _IPV4.fullmatch(raw_ip) else _parse_ip(raw_ip)
+            level = _LEVEL_SPELLINGS.get(item["riskLevel"]) or _parse_level(item["riskLevel"])
+            message = item.get("message")
+            if message is None:
+                message = ""
+            elif type(message) is not str:
+                raise ValueError
+            elif not _PLAIN_MESSAGE.fullmatch(message):
+                message = sanitize_message(message)
+            raw_ts = item.get("timestamp")
+            ts_ms = now_ms if raw_ts is None else _timestamp(raw_ts, now_ms)
+            raw_exp = item.get("expiresAt")
+            expires_ms = None if raw_exp is None else _expiry(raw_exp, ts_ms, now_ms)
+            raw_targets = item.get("provider")
+            targets = everyone if raw_targets is None else _parse_providers(raw_targets, known)
+        except (ValueError, KeyError, TypeError):
+            if not isinstance(item, Mapping):
+                problems.append(Problem(index, "", "each signal must be a JSON object"))
+            else:
+                problems.extend(_problems(index, item, now_ms, known))
             continue
-        out.append(
-            (
-                targets,
-                Signal(
-                    ip=ip,
-                    risk=level,
-                    message=sanitize_message(message or ""),
-                    ts_ms=ts_ms,
-                    expires_ms=expires_ms,
-                    received_ms=now_ms,
-                ),
-            )
-        )
+        out.append((targets, Signal(ip, level, message, ts_ms, expires_ms, now_ms)))
     return out, problems

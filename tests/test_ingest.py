@@ -126,6 +126,17 @@ async def test_bad_requests_get_a_4xx_and_store_nothing(
     assert api.store.pending_total() == 0
 
 
+async def test_ndjson_bad_lines_are_named_by_line(api: Api) -> None:
+    """Each malformed NDJSON line is reported once, with its line number."""
+    body = b'{"ip": "192.0.2.1", "riskLevel": "LOW"}\n{oops\n\n[1,\n'
+    status, answer, _ = await api.post(body, ctype="application/x-ndjson")
+    assert status == 400
+    details = answer["details"]
+    assert isinstance(details, list)
+    assert [d["message"].split(" is ")[0] for d in details] == ["line 2", "line 4"]
+    assert api.store.pending_total() == 0
+
+
 async def test_second_token_is_accepted(api: Api) -> None:
     """Any token of the tokens file works."""
     status, _, _ = await api.post({"ip": "192.0.2.1", "riskLevel": "LOW"}, token="other-token")
