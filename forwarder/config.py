@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from forwarder.errors import ConfigError
@@ -110,6 +117,15 @@ def parse_listen(value: str) -> ListenAddress:
     return ListenAddress(host, number)
 
 
+def _check_listen(value: str) -> str:
+    parse_listen(value)
+    return value
+
+
+#: ``HOST:PORT`` checked at load time.
+Listen = Annotated[str, AfterValidator(_check_listen)]
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -117,15 +133,9 @@ class _Section(BaseModel):
 class IngestSettings(_Section):
     """The detector API."""
 
-    listen: str = "127.0.0.1:8080"
+    listen: Listen = "127.0.0.1:8080"
     tokens_file: str = ""
     max_body_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 1_048_576
-
-    @field_validator("listen")
-    @classmethod
-    def _listen(cls, v: str) -> str:
-        parse_listen(v)
-        return v
 
 
 class StoreSettings(_Section):
@@ -137,13 +147,9 @@ class StoreSettings(_Section):
 
 
 class MetricsSettings(_Section):
-    listen: str = "127.0.0.1:9464"
+    """The side port: /metrics, /healthz, /readyz."""
 
-    @field_validator("listen")
-    @classmethod
-    def _listen(cls, v: str) -> str:
-        parse_listen(v)
-        return v
+    listen: Listen = "127.0.0.1:9464"
 
 
 class LogSettings(_Section):
