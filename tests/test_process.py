@@ -9,14 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -25,69 +21,9 @@ import pytest
 from forwarder.okta.admin import AdminClient
 from forwarder.okta.keys import generate_signing_key, write_private_key
 from tests.harness import ips
+from tests.procs import Proc, cli, free_port, sandbox
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
-REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Proc:
-    """A `python -m forwarder ...` subprocess whose output goes to a file (never blocks)."""
-
-    def __init__(self, log: Path, *args: str, cwd: Path = REPO) -> None:
-        self.log = log
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        with log.open("a") as out:
-            self.popen = subprocess.Popen(
-                [sys.executable, "-m", "forwarder", *args],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                text=True,
-                env=env,
-                cwd=cwd,
-            )
-
-    @property
-    def output(self) -> str:
-        return self.log.read_text()
-
-    def wait_for_output(self, text: str, seconds: float = 20) -> None:
-        deadline = time.monotonic() + seconds
-        while text not in self.output:
-            if self.popen.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"never saw {text!r}: {self.output}")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.kill()
-        self.popen.wait(timeout=10)
-
-
-@contextlib.contextmanager
-def sandbox(tmp: Path, window_s: float = 5.0) -> Iterator[tuple[str, str]]:
-    port = free_port()
-    token_file = tmp / "api-token"
-    proc = Proc(
-        tmp / "sandbox.log",
-        "sandbox",
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--api-token-file",
-        str(token_file),
-        "--window-seconds",
-        str(window_s),
-    )
-    try:
-        proc.wait_for_output("listening on")
-        yield f"http://127.0.0.1:{port}", token_file.read_text().strip()
-    finally:
-        proc.stop()
 
 
 async def provision(org: str, api_token: str, tmp: Path, name: str = "acme") -> Path:
@@ -258,19 +194,6 @@ def test_config_check_names_problems_and_exits_2(tmp_path: Path) -> None:
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert "OK" in out
-
-
-def cli(*args: str, cwd: Path = REPO, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "FORWARDER_CONFIG"}
-    return subprocess.run(
-        [sys.executable, "-m", "forwarder", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def test_run_without_config_is_a_usage_error() -> None:

@@ -18,7 +18,11 @@ from forwarder.errors import ConfigError, ForwarderError
 
 __all__ = ["COMMAND_MODULES", "build_parser", "main"]
 
-COMMAND_MODULES = ("forwarder.cli.daemon",)
+COMMAND_MODULES = (
+    "forwarder.cli.daemon",
+    "forwarder.cli.keys",
+    "forwarder.cli.okta",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,17 +1,21 @@
 """Okta admin API calls used to provision a risk provider (replaces the Postman guide).
 
 Authenticated with an API token (``Authorization: SSWS ...``). Errors carry Okta's
-error body in full plus a hint for the common codes.
+error body in full plus a hint for the common codes; a 429's hint says when to retry,
+from ``X-Rate-Limit-Reset`` measured against the answer's ``Date`` (risk-api.md §5).
 """
 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
 
 from forwarder.errors import AdminApiError
+from forwarder.okta.events import parse_rate_headers
 from forwarder.okta.tokens import RISK_EVENTS_SCOPE
 
 __all__ = ["AdminClient", "okta_error_hint"]
@@ -25,6 +29,7 @@ _HINTS = {
     "E0000011": "invalid API token: create a new one (Security > API > Tokens) and retry",
     "E0000047": "rate limited: wait until X-Rate-Limit-Reset and retry",
     "E0000001": "Okta rejected the request body; see errorCauses",
+    "invalid_client_metadata": "Okta refused the app registration; see error_description",
 }
 
 
@@ -34,11 +39,26 @@ def okta_error_hint(code: str | None, status: int) -> str:
         return _HINTS[code]
     if status == 401:
         return _HINTS["E0000011"]
+    if status == 403:
+        return _HINTS["E0000006"]
     if status == 404:
         return _HINTS["E0000007"]
     if status == 429:
         return _HINTS["E0000047"]
     return ""
+
+
+def _retry_hint(headers: Mapping[str, str]) -> str:
+    """The E0000047 hint with the time to retry, when the answer says it."""
+    window = parse_rate_headers(headers, local_now=time.time())
+    if window is None or window.reset_in_s is None:
+        return _HINTS["E0000047"]
+    wait_s = max(1, round(window.reset_in_s))
+    at = time.strftime("%H:%M:%S", time.gmtime(time.time() + wait_s))
+    return (
+        f"rate limited: this admin endpoint's window is spent; retry in {wait_s} s "
+        f"(after {at} UTC, from X-Rate-Limit-Reset)"
+    )
 
 
 class AdminClient:
@@ -77,6 +97,7 @@ class AdminClient:
                 allow_redirects=False,
             ) as resp:
                 status = resp.status
+                answer_headers = resp.headers
                 text = await resp.text()
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise AdminApiError(
@@ -89,17 +110,26 @@ class AdminClient:
         except ValueError:
             payload = text
         if status >= 400:
-            code = payload.get("errorCode") if isinstance(payload, dict) else None
+            # Management API errors carry errorCode; the OAuth endpoints (/oauth2/v1/clients)
+            # answer {error, error_description} instead (risk-api.md §6, §8).
+            code = (
+                payload.get("errorCode") or payload.get("error")
+                if isinstance(payload, dict)
+                else None
+            )
             summary = (
                 payload.get("errorSummary") or payload.get("error_description")
                 if isinstance(payload, dict)
                 else None
             )
+            hint = okta_error_hint(code if isinstance(code, str) else None, status)
+            if status == 429 or code == "E0000047":
+                hint = _retry_hint(answer_headers)
             raise AdminApiError(
                 f"{method} {path} answered {status}" + (f": {summary}" if summary else ""),
                 status=status,
                 body=payload,
-                hint=okta_error_hint(code if isinstance(code, str) else None, status),
+                hint=hint,
             )
         return payload
 
@@ -126,14 +156,26 @@ class AdminClient:
         return result
 
     async def list_grants(self, client_id: str) -> list[dict[str, Any]]:
+        """``GET /api/v1/apps/{clientId}/grants``: the app's scope consent grants."""
         result: list[dict[str, Any]] = await self._call("GET", f"/api/v1/apps/{client_id}/grants")
         return result
 
     async def list_providers(self) -> list[dict[str, Any]]:
+        """``GET /api/v1/risk/providers`` (an org starts with one default provider)."""
         result: list[dict[str, Any]] = await self._call("GET", "/api/v1/risk/providers")
         return result
 
+    async def create_provider(self, *, name: str, client_id: str, action: str) -> dict[str, Any]:
+        """``POST /api/v1/risk/providers`` (Okta allows at most three per org)."""
+        result: dict[str, Any] = await self._call(
+            "POST",
+            "/api/v1/risk/providers",
+            {"name": name, "clientId": client_id, "action": action},
+        )
+        return result
+
     async def get_provider(self, provider_id: str) -> dict[str, Any]:
+        """``GET /api/v1/risk/providers/{id}``."""
         result: dict[str, Any] = await self._call("GET", f"/api/v1/risk/providers/{provider_id}")
         return result
 
