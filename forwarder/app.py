@@ -32,15 +32,15 @@ from forwarder.config import (
     resolve_path,
 )
 from forwarder.dispatcher import Dispatcher
-from forwarder.errors import ConfigError
+from forwarder.errors import ConfigError, StoreError
 from forwarder.ingest import IngestApi
 from forwarder.okta.events import RiskEventsSender
 from forwarder.okta.keys import KeyFileError, SigningKey, load_signing_key
 from forwarder.okta.tokens import TokenSource
 from forwarder.ratelimit import CallBudget
-from forwarder.signals import RiskLevel
+from forwarder.signals import RiskLevel, format_ms
 from forwarder.store.sqlite import SqliteStore
-from forwarder.telemetry import Metrics, health_app
+from forwarder.telemetry import BudgetView, Metrics, drain_estimate_s, health_app
 
 __all__ = ["Daemon", "run_until_signalled"]
 
@@ -81,7 +81,7 @@ class Daemon:
         self.settings = settings
         self.base = base
         self.clock: Clock = clock or SystemClock()
-        self.metrics = Metrics(clock=self.clock)
+        self.metrics = Metrics(clock=self.clock, providers=[p.name for p in settings.providers])
         self.ready = asyncio.Event()
         self.ingest_url = ""
         self.metrics_url = ""
@@ -186,7 +186,7 @@ class Daemon:
                 max_body_bytes=s.ingest.max_body_bytes,
                 observer=self.metrics,
             )
-            self.metrics.attach(self, providers=names, capacity=s.store.max_pending)
+            self.metrics.attach(self, capacity=s.store.max_pending, max_age_s=s.dispatch.max_age_s)
             await self.refresh()
             async with (
                 _serve(self._ingest.app(), ingest_sock),
@@ -227,10 +227,22 @@ class Daemon:
 
     # -- readiness and live metrics (telemetry.LiveSource) ---------------------------
 
+    def _ingest_up(self) -> bool:
+        return self._ingest is not None and self._ingest.accepting and self.ready.is_set()
+
+    def is_ready(self) -> bool:
+        return self.store is not None and self.store.writable and self._ingest_up()
+
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """``/readyz``: 200 when the store is writable and ingest listens.
+
+        A provider's trouble (failing credentials, 429s, Okta errors) is reported in the
+        body, never as not-ready: restarting or unrouting the pod cannot fix it and
+        would stop every other provider's intake too.
+        """
         store = self.store
-        store_ok = store is not None and store.writable
-        ingest_ok = self._ingest is not None and self._ingest.accepting and self.ready.is_set()
+        store_ok = store is not None and (store.writable or await store.probe_writable())
+        ingest_ok = self._ingest_up()
         now = self.clock.time()
         providers: dict[str, Any] = {}
         for name, d in self.dispatchers.items():
@@ -238,11 +250,18 @@ class Daemon:
             entry: dict[str, Any] = {
                 "state": st.status,
                 "pending": sum(store.pending_counts(name).values()) if store else None,
+                "dead_letters": store.dead_letter_count(name) if store else None,
                 "next_call_in_s": round(max(0.0, d.next_call_at() - now), 3),
+                "last_call_at": _iso(st.last_call_at),
                 "last_outcome": st.last_outcome,
             }
             if st.status != "ok":
-                entry.update(last_error=st.last_error, hint=st.hint, until=st.until)
+                entry.update(
+                    last_error=st.last_error,
+                    hint=st.hint,
+                    until=_iso(st.until),
+                    retry_in_s=round(max(0.0, st.until - now), 3) if st.until else None,
+                )
             providers[name] = entry
         ready = store_ok and ingest_ok
         body = {
@@ -256,6 +275,9 @@ class Daemon:
     def providers(self) -> Sequence[str]:
         return list(self.dispatchers)
 
+    def store_entries(self) -> int:
+        return self.store.pending_total() if self.store else 0
+
     def pending_counts(self, provider: str) -> Mapping[RiskLevel, int]:
         return self.store.pending_counts(provider) if self.store else {}
 
@@ -265,10 +287,30 @@ class Daemon:
     def oldest_pending_ms(self, provider: str) -> Mapping[RiskLevel, int]:
         return self._oldest.get(provider, {})
 
-    def budget(self, provider: str) -> tuple[int, int, float, int | None]:
+    def budget(self, provider: str) -> BudgetView:
         d = self.dispatchers[provider]
-        wait = max(0.0, d.next_call_at() - self.clock.time())
-        return d.budget.calls, d.budget.remaining(), wait, d.budget.server_remaining
+        b = d.budget
+        now = self.clock.time()
+        wait = max(0.0, d.next_call_at() - now)
+        # While Okta said "wait" (429 or Remaining: 0) no call is allowed, whatever our
+        # own sliding window says.
+        remaining = 0 if b.blocked_until() > now else b.remaining()
+        pending = sum(self.pending_counts(provider).values())
+        drain = drain_estimate_s(
+            pending=pending,
+            per_call=d.max_per_call,
+            calls=b.calls,
+            window_s=b.window_s,
+            next_call_s=wait,
+        )
+        return BudgetView(
+            calls=b.calls,
+            window_s=b.window_s,
+            remaining=remaining,
+            next_call_s=wait,
+            server_remaining=b.server_remaining,
+            drain_s=drain,
+        )
 
     def provider_status(self, provider: str) -> str:
         return self.dispatchers[provider].state.status
@@ -276,8 +318,20 @@ class Daemon:
     async def refresh(self) -> None:
         if self.store is None:
             return
+        if not self.store.writable:
+            # forwarder_ready recovers on a scrape too, where nothing polls /readyz.
+            await self.store.probe_writable()
         for name in self.dispatchers:
-            self._oldest[name] = await self.store.oldest_pending_ms(name)
+            try:
+                self._oldest[name] = await self.store.oldest_pending_ms(name)
+            except StoreError as exc:
+                # A scrape still answers (with the previous ages); readiness reports the store.
+                self._log.warning("metrics_refresh_failed", error=str(exc))
+                return
+
+
+def _iso(epoch_s: float | None) -> str | None:
+    return format_ms(int(epoch_s * 1000)) if epoch_s is not None else None
 
 
 async def run_until_signalled(daemon: Daemon) -> None:

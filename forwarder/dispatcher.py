@@ -12,6 +12,10 @@ slow or failing provider never delays another. The loop, in order:
 
 Only what the sender reports decides what happens to the batch: acknowledged, kept for
 a retry, or dead-lettered. Nothing is dropped.
+
+After each attempt whose outcome changed the provider's state, the state and last call
+are persisted through the store (one small write), so ``forwarder status`` can show
+them from another process.
 """
 
 from __future__ import annotations
@@ -31,10 +35,11 @@ from forwarder.errors import (
     InvalidCredentials,
     PermanentSendError,
     RetryableSendError,
+    StoreError,
 )
 from forwarder.ratelimit import CallBudget
 from forwarder.signals import RiskLevel, Signal
-from forwarder.store.base import Store
+from forwarder.store.base import ProviderRecord, Store
 
 __all__ = ["DispatchObserver", "Dispatcher", "ProviderState", "Sender"]
 
@@ -120,6 +125,7 @@ class Dispatcher:
         self._not_before = 0.0
         self._work_since: float | None = None
         self._auth_retry_pending = False
+        self._persisted: ProviderState | None = None
         self._log = structlog.get_logger("forwarder.dispatcher").bind(provider=provider)
 
     @property
@@ -202,13 +208,15 @@ class Dispatcher:
         if not lease.signals:
             return
         spent_at: float | None = None
+        started = self._clock.monotonic()
 
         async def spend() -> None:
-            nonlocal spent_at
+            nonlocal spent_at, started
             spent_at = self.budget.spend()
             await self._store.record_call(self.provider, spent_at)
+            # The call's duration starts here, not before a token request it may need.
+            started = self._clock.monotonic()
 
-        started = self._clock.monotonic()
         try:
             delivery = await self._sender.send(lease.signals, spend=spend)
         except RetryableSendError as exc:
@@ -257,6 +265,29 @@ class Dispatcher:
                 pending=sum(self._store.pending_counts(self.provider).values()),
                 budget_remaining=self.budget.remaining(),
             )
+        await self._persist_state()
+
+    async def _persist_state(self) -> None:
+        state = self.state
+        if state == self._persisted:
+            return
+        record = ProviderRecord(
+            provider=self.provider,
+            status=state.status,
+            updated_at=self._clock.time(),
+            last_call_at=state.last_call_at,
+            last_outcome=state.last_outcome,
+            last_error=state.last_error,
+            hint=state.hint,
+            until=state.until,
+        )
+        try:
+            await self._store.record_provider_state(record)
+        except StoreError as exc:
+            # Only `forwarder status` reads it; never fail a delivery over it.
+            self._log.warning("provider_state_not_saved", error=str(exc))
+            return
+        self._persisted = state
 
     def _after_call(self, spent_at: float | None, outcome: str, started: float) -> None:
         if spent_at is None:
@@ -294,6 +325,7 @@ class Dispatcher:
                 "run `forwarder okta check`",
             )
             return
+        self._auth_retry_pending = False
         self._backoff(exc.outcome, str(exc))
 
     def _retry_note(self, reason: str, error: str, subjects: int) -> None:

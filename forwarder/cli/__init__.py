@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "forwarder.cli.daemon",
     "forwarder.cli.keys",
     "forwarder.cli.okta",
+    "forwarder.cli.status",
 )
 
 

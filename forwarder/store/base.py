@@ -21,7 +21,15 @@ from typing import Protocol
 
 from forwarder.signals import RiskLevel, Signal
 
-__all__ = ["AddResult", "DeadLetter", "Lease", "Store", "StoreObserver"]
+__all__ = [
+    "AddResult",
+    "DeadLetter",
+    "Lease",
+    "ProviderRecord",
+    "ProviderSummary",
+    "Store",
+    "StoreObserver",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +58,34 @@ class DeadLetter:
     failed_ms: int
     reason: str
     causes: Sequence[str] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderRecord:
+    """A provider's state and last events call, as its dispatcher last persisted them.
+
+    Times are epoch seconds. ``forwarder status`` reads these from another process.
+    """
+
+    provider: str
+    status: str
+    updated_at: float
+    last_call_at: float | None = None
+    last_outcome: str | None = None
+    last_error: str | None = None
+    hint: str | None = None
+    until: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSummary:
+    """What a store holds for one provider, read without disturbing a running daemon."""
+
+    provider: str
+    pending: Mapping[RiskLevel, int]
+    oldest_ms: Mapping[RiskLevel, int]
+    dead_letters: int
+    record: ProviderRecord | None = None
 
 
 class StoreObserver(Protocol):
@@ -110,6 +146,14 @@ class Store(Protocol):
 
     async def recent_calls(self, provider: str, since: float) -> list[float]:
         """Call times of ``provider`` at or after ``since``, oldest first."""
+        ...
+
+    async def record_provider_state(self, record: ProviderRecord) -> None:
+        """Persist a provider's state and last call (one small write per call)."""
+        ...
+
+    async def probe_writable(self) -> bool:
+        """Try a tiny write now; True (and ``writable`` again) when it commits."""
         ...
 
     async def oldest_pending_ms(self, provider: str) -> Mapping[RiskLevel, int]:

@@ -7,6 +7,9 @@ up and share the next one, so a durable 202 costs a fraction of a commit each.
 
 Pending counts per (provider, risk) live in a ``counts`` table kept exact by
 triggers, so capacity checks and gauges never count rows.
+
+:func:`~forwarder.store.sqlite_read.read_summary` opens the same file read-only from
+another process (``forwarder status``): WAL lets it read while the daemon writes.
 """
 
 from __future__ import annotations
@@ -24,7 +27,14 @@ from typing import Any, Self, TypeVar
 
 from forwarder.errors import StoreError, StoreFull
 from forwarder.signals import RiskLevel, Signal
-from forwarder.store.base import AddResult, DeadLetter, Lease, StoreObserver
+from forwarder.store.base import (
+    AddResult,
+    DeadLetter,
+    Lease,
+    ProviderRecord,
+    StoreObserver,
+)
+from forwarder.store.sqlite_read import oldest_by_level
 
 __all__ = ["SqliteStore"]
 
@@ -82,6 +92,30 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     causes      TEXT    NOT NULL
 );
 CREATE INDEX IF NOT EXISTS dead_letters_by_provider ON dead_letters (provider, id);
+CREATE TABLE IF NOT EXISTS provider_state (
+    provider     TEXT    PRIMARY KEY,
+    status       TEXT    NOT NULL,
+    updated_ms   INTEGER NOT NULL,
+    last_call_ms INTEGER,
+    last_outcome TEXT,
+    last_error   TEXT,
+    hint         TEXT,
+    until_ms     INTEGER
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS write_probe (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    n  INTEGER NOT NULL
+);
+"""
+
+_UPSERT_PROVIDER_STATE = """
+INSERT INTO provider_state
+    (provider, status, updated_ms, last_call_ms, last_outcome, last_error, hint, until_ms)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (provider) DO UPDATE SET
+    status = excluded.status, updated_ms = excluded.updated_ms,
+    last_call_ms = excluded.last_call_ms, last_outcome = excluded.last_outcome,
+    last_error = excluded.last_error, hint = excluded.hint, until_ms = excluded.until_ms
 """
 
 # Okta's rule for a coalesced IP: the newest observation wins; on a tie the higher risk.
@@ -508,15 +542,44 @@ class SqliteStore:
         ).fetchall()
 
     async def oldest_pending_ms(self, provider: str) -> Mapping[RiskLevel, int]:
-        return await self._run(self._oldest, provider)
+        return await self._run(oldest_by_level, self._db, provider)
 
-    def _oldest(self, provider: str) -> dict[RiskLevel, int]:
-        out: dict[RiskLevel, int] = {}
-        for level in RiskLevel:
-            row = self._db.execute(
-                "SELECT min(ts_ms) FROM pending WHERE provider = ? AND risk = ?",
-                (provider, int(level)),
-            ).fetchone()
-            if row is not None and row[0] is not None:
-                out[level] = int(row[0])
-        return out
+    # -- provider state and health ---------------------------------------------------
+
+    async def record_provider_state(self, record: ProviderRecord) -> None:
+        # One autocommit upsert per call (a WAL append): cheap next to the call itself.
+        await self._run(
+            self._exec,
+            _UPSERT_PROVIDER_STATE,
+            (
+                record.provider,
+                record.status,
+                _ms(record.updated_at),
+                _ms(record.last_call_at),
+                record.last_outcome,
+                record.last_error,
+                record.hint,
+                _ms(record.until),
+            ),
+        )
+
+    async def probe_writable(self) -> bool:
+        if self._conn is None or self._closing:
+            return False
+        try:
+            await self._run(
+                self._exec,
+                "INSERT INTO write_probe (id, n) VALUES (1, 1)"
+                " ON CONFLICT (id) DO UPDATE SET n = n + 1",
+                (),
+            )
+        except StoreError:
+            return False
+        # Only a commit proves the file writable again: readiness recovers on its own
+        # instead of waiting for ingest traffic a not-ready pod no longer gets.
+        self._write_ok = True
+        return True
+
+
+def _ms(seconds: float | None) -> int | None:
+    return None if seconds is None else int(seconds * 1000)

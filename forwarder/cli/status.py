@@ -1,0 +1,153 @@
+"""``forwarder status``: what the store holds per provider, as a table or JSON.
+
+It opens the store read-only on its own connection, so it works while the daemon runs
+(WAL readers never block the writer) and after it stopped. The state and last call
+shown are what each dispatcher last persisted; ``updated`` says when that was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from forwarder.cli.common import EXIT_OK, EXIT_USAGE, config_path
+from forwarder.signals import RiskLevel, format_ms
+from forwarder.store.base import ProviderSummary
+
+__all__ = ["format_age", "register", "render_table", "to_json"]
+
+_LEVELS = (RiskLevel.HIGH, RiskLevel.MEDIUM, RiskLevel.LOW)
+
+
+def format_age(seconds: float) -> str:
+    """``45s``, ``3m05s``, ``2h03m``, ``4d02h``: short and sortable by eye."""
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _iso(epoch_s: float | None) -> str | None:
+    return format_ms(int(epoch_s * 1000)) if epoch_s is not None else None
+
+
+def _state(summary: ProviderSummary, configured: bool) -> str:
+    if not configured:
+        return "not_configured"
+    return summary.record.status if summary.record else "-"
+
+
+def to_json(
+    summaries: Sequence[ProviderSummary], *, configured: Sequence[str], now: float
+) -> dict[str, Any]:
+    """The ``--json`` document: every field of the table, raw times included."""
+    out: dict[str, Any] = {"generated_at": _iso(now), "providers": {}}
+    for s in summaries:
+        rec = s.record
+        oldest = {
+            level.name: {
+                "timestamp": format_ms(ms),
+                "age_s": round(max(0.0, now - ms / 1000), 3),
+            }
+            for level, ms in sorted(s.oldest_ms.items(), reverse=True)
+        }
+        out["providers"][s.provider] = {
+            "state": _state(s, s.provider in configured),
+            "pending": {level.name: s.pending.get(level, 0) for level in _LEVELS},
+            "pending_total": sum(s.pending.values()),
+            "oldest": oldest,
+            "dead_letters": s.dead_letters,
+            "last_call_at": _iso(rec.last_call_at) if rec else None,
+            "last_outcome": rec.last_outcome if rec else None,
+            "last_error": rec.last_error if rec else None,
+            "hint": rec.hint if rec else None,
+            "until": _iso(rec.until) if rec else None,
+            "updated_at": _iso(rec.updated_at) if rec else None,
+        }
+    return out
+
+
+def _level_cell(summary: ProviderSummary, level: RiskLevel, now: float) -> str:
+    count = summary.pending.get(level, 0)
+    if not count:
+        return "0"
+    first = summary.oldest_ms.get(level)
+    age = f" ({format_age(now - first / 1000)})" if first is not None else ""
+    return f"{count:,}{age}"
+
+
+def render_table(
+    summaries: Sequence[ProviderSummary], *, configured: Sequence[str], now: float
+) -> str:
+    """One row per provider; a failing or waiting provider gets its error and hint below."""
+    header = ["PROVIDER", "STATE", "HIGH", "MEDIUM", "LOW", "DEAD", "LAST CALL", "OUTCOME"]
+    rows: list[list[str]] = []
+    notes: dict[int, list[str]] = {}
+    for i, s in enumerate(summaries):
+        rec = s.record
+        last = "-"
+        if rec is not None and rec.last_call_at is not None:
+            last = f"{format_age(now - rec.last_call_at)} ago"
+        rows.append(
+            [
+                s.provider,
+                _state(s, s.provider in configured),
+                *(_level_cell(s, level, now) for level in _LEVELS),
+                f"{s.dead_letters:,}",
+                last,
+                (rec.last_outcome or "-") if rec else "-",
+            ]
+        )
+        if rec is not None and rec.status != "ok":
+            lines = []
+            if rec.until is not None:
+                lines.append(f"{rec.status} until {_iso(rec.until)}")
+            if rec.last_error:
+                lines.append(f"error: {rec.last_error}")
+            if rec.hint and rec.hint not in (rec.last_error or ""):
+                lines.append(f"hint: {rec.hint}")
+            notes[i] = lines
+    widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
+    out = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
+    for i, row in enumerate(rows):
+        out.append("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+        out.extend(f"    {line}" for line in notes.get(i, []))
+    return "\n".join(out)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from forwarder.config import load_settings, resolve_path  # noqa: PLC0415
+    from forwarder.store.sqlite_read import read_summary  # noqa: PLC0415
+
+    path = config_path(args.config)
+    if path is None:
+        print("forwarder status needs --config FILE or FORWARDER_CONFIG", file=sys.stderr)
+        return EXIT_USAGE
+    # Key files are not needed to read the store (and may be readable only by the daemon).
+    settings, base = load_settings(path, check_files=False)
+    configured = [p.name for p in settings.providers]
+    summaries = read_summary(resolve_path(base, settings.store.path), configured)
+    now = time.time()
+    if args.json:
+        print(json.dumps(to_json(summaries, configured=configured, now=now), indent=2))
+    else:
+        print(render_table(summaries, configured=configured, now=now))
+    return EXIT_OK
+
+
+def register(sub: Any) -> None:
+    """Add ``forwarder status`` to the ``forwarder`` parser."""
+    status = sub.add_parser(
+        "status", help="pending, oldest, dead letters and last call per provider"
+    )
+    status.add_argument("--config", help="config file (default: $FORWARDER_CONFIG)")
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.set_defaults(func=_cmd_status)

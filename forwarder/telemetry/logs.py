@@ -1,0 +1,80 @@
+"""Logging setup: structlog JSON lines (console on a TTY) with secrets masked.
+
+``configure_logging`` is called once, from the CLI; nothing here configures anything
+at import time.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+__all__ = ["configure_logging", "redact"]
+
+_SECRET_KEYS = frozenset(
+    {
+        "token",
+        "access_token",
+        "assertion",
+        "client_assertion",
+        "authorization",
+        "api_token",
+        "password",
+        "private_key",
+        "secret",
+        "d",
+    }
+)
+_SECRET_TEXT = re.compile(
+    r"(?i)\b(bearer|ssws|dpop)\s+[A-Za-z0-9._~+/=-]{8,}|eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"
+)
+
+
+def redact(text: str) -> str:
+    """Mask bearer/SSWS credentials and JWTs inside free text."""
+    return _SECRET_TEXT.sub(
+        lambda m: f"{m.group(1)} [redacted]" if m.group(1) else "[redacted-jwt]", text
+    )
+
+
+def _redact_processor(
+    _logger: object, _name: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    for key, value in list(event.items()):
+        if key.lower() in _SECRET_KEYS:
+            event[key] = "[redacted]"
+        elif isinstance(value, str):
+            event[key] = redact(value)
+    return event
+
+
+def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
+    """Configure structlog once, from the CLI: JSON lines unless on a TTY (or asked)."""
+    import logging  # noqa: PLC0415
+
+    out = stream or sys.stderr
+    use_console = fmt == "console" or (fmt == "auto" and out.isatty())
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer(colors=False)
+        if use_console
+        else structlog.processors.JSONRenderer(sort_keys=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _redact_processor,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
+        cache_logger_on_first_use=False,
+    )
