@@ -154,3 +154,21 @@ async def test_concurrent_adds_share_commits(store: SqliteStore) -> None:
         *(store.add([(["p"], sig(f"198.18.{i}.{j}")) for j in range(10)]) for i in range(50))
     )
     assert store.pending_total() == 500
+
+
+async def test_coalescing_within_one_commit(store: SqliteStore) -> None:
+    """Several versions of one IP in one group commit obey the same newest/higher rule."""
+    await asyncio.gather(
+        store.add([(["p"], sig("192.0.2.1", RiskLevel.LOW, ts=NOW - 5))]),
+        store.add(
+            [
+                (["p"], sig("192.0.2.1", RiskLevel.MEDIUM, ts=NOW)),
+                (["p"], sig("192.0.2.1", RiskLevel.HIGH, ts=NOW - 9)),
+                (["p"], sig("192.0.2.1", RiskLevel.HIGH, ts=NOW)),
+                (["p"], sig("192.0.2.1", RiskLevel.LOW, ts=NOW)),
+            ]
+        ),
+    )
+    lease = await lease_all(store)
+    assert [(s.ip, s.risk, s.ts_ms) for s in lease.signals] == [("192.0.2.1", RiskLevel.HIGH, NOW)]
+    assert store.pending_total() == 1

@@ -36,7 +36,7 @@ from forwarder.store.base import (
 )
 from forwarder.store.sqlite_read import oldest_by_level
 
-__all__ = ["SqliteStore"]
+__all__ = ["SqliteStore", "upsert_rows"]
 
 T = TypeVar("T")
 
@@ -120,15 +120,41 @@ ON CONFLICT (provider) DO UPDATE SET
 
 # Okta's rule for a coalesced IP: the newest observation wins; on a tie the higher risk.
 # A replaced row loses its lease, so an in-flight ack cannot delete the newer version.
-_UPSERT = """
-INSERT INTO pending (provider, ip, risk, message, ts_ms, expires_ms, received_ms)
-VALUES (?, ?, ?, ?, ?, ?, ?)
+_ON_CONFLICT = """
 ON CONFLICT (provider, ip) DO UPDATE SET
     risk = excluded.risk, message = excluded.message, ts_ms = excluded.ts_ms,
     expires_ms = excluded.expires_ms, received_ms = excluded.received_ms, lease = NULL
 WHERE excluded.ts_ms > pending.ts_ms
    OR (excluded.ts_ms = pending.ts_ms AND excluded.risk > pending.risk)
 """
+_UPSERT = (
+    "INSERT INTO pending (provider, ip, risk, message, ts_ms, expires_ms, received_ms)"  # noqa: S608
+    " VALUES (?, ?, ?, ?, ?, ?, ?)" + _ON_CONFLICT
+)
+# The same upsert as one statement per group commit: SQLite reads the rows from a JSON
+# array itself. executemany() drops and retakes the GIL around every row, and a writer
+# thread competing with a busy event loop then waits milliseconds for each one
+# (measured: 84-92k -> 140-148k signals/s on 1000-signal requests, docs/benchmarks.md).
+# `->>` needs SQLite 3.38; older libraries fall back to executemany().
+_UPSERT_JSON = (
+    "INSERT INTO pending (provider, ip, risk, message, ts_ms, expires_ms, received_ms)"  # noqa: S608
+    " SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6"
+    " FROM json_each(?) WHERE true" + _ON_CONFLICT
+)
+_HAS_JSON_ARROWS = sqlite3.sqlite_version_info >= (3, 38, 0)
+
+
+def upsert_rows(db: sqlite3.Connection, rows: Sequence[tuple[object, ...]]) -> None:
+    """Coalescing upsert of ``rows`` (provider, ip, risk, message, ts, expires, received).
+
+    The caller owns the transaction. The benchmark's storage floor calls this too, so
+    "the same upserts done directly" stays true.
+    """
+    if _HAS_JSON_ARROWS:
+        db.execute(_UPSERT_JSON, (json.dumps(rows),))
+    else:  # pragma: no cover - SQLite older than 3.38
+        db.executemany(_UPSERT, rows)
+
 
 _SELECT_BATCH = """
 SELECT ip, risk, message, ts_ms, expires_ms, received_ms FROM pending
@@ -333,7 +359,7 @@ class SqliteStore:
         db.execute("BEGIN IMMEDIATE")
         try:
             before = self._read_counts()
-            db.executemany(_UPSERT, rows)
+            upsert_rows(db, rows)
             after = self._read_counts()
             db.execute("COMMIT")
         except BaseException:
