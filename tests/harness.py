@@ -16,6 +16,7 @@ from forwarder.app import Daemon
 from forwarder.clock import FakeClock
 from forwarder.config import Settings
 from forwarder.okta.keys import SigningKey, generate_signing_key, write_private_key
+from forwarder.okta.tokens import TokenSource
 from forwarder.sandbox import SandboxOrg, serve
 
 
@@ -77,6 +78,24 @@ class Harness:
             }
         )
         return client_id
+
+    async def spend_window(self, client_id: str, key: SigningKey, calls: int = 3) -> None:
+        """Another client of the same app spends the provider's rate window."""
+        tokens = TokenSource(
+            session=self.session,
+            org_url=self.org_url,
+            client_id=client_id,
+            key=key,
+            clock=self.clock,
+        )
+        token = await tokens.get()
+        for _ in range(calls):
+            async with self.session.post(
+                f"{self.org_url}/api/v1/risk/events/ip",
+                json=[{"subjects": [{"ip": "192.0.2.200", "riskLevel": "LOW"}]}],
+                headers={"Authorization": f"Bearer {token}"},
+            ) as resp:
+                assert resp.status == 202
 
     def settings(self, **sections: Any) -> Settings:
         data: dict[str, Any] = {

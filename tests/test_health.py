@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 
 from forwarder.okta.keys import generate_signing_key
-from forwarder.okta.tokens import TokenSource
 from forwarder.signals import format_ms
 from tests.harness import Harness, harness, ips
 
@@ -68,17 +67,7 @@ async def test_rate_limited_provider_says_until_when(h: Harness) -> None:
     """After a 429 the provider is `rate_limited` until Okta's reset, and the pod is ready."""
     key = generate_signing_key("RS256")
     cid = h.add_provider("acme", key=key)
-    tokens = TokenSource(
-        session=h.session, org_url=h.org_url, client_id=cid, key=key, clock=h.clock
-    )
-    token = await tokens.get()
-    for _ in range(3):  # another client spends the provider's window
-        async with h.session.post(
-            f"{h.org_url}/api/v1/risk/events/ip",
-            json=[{"subjects": [{"ip": "192.0.2.200", "riskLevel": "LOW"}]}],
-            headers={"Authorization": f"Bearer {token}"},
-        ) as resp:
-            assert resp.status == 202
+    await h.spend_window(cid, key)  # another client spends the provider's window
     spent_at = h.clock.time()
     daemon = await h.start()
     assert await high(h) == 202

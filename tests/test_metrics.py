@@ -15,7 +15,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from forwarder.clock import FakeClock
 from forwarder.okta.keys import generate_signing_key
-from forwarder.okta.tokens import TokenSource
 from forwarder.signals import RiskLevel, Signal, format_ms
 from forwarder.telemetry import Metrics
 from forwarder.telemetry.labels import (
@@ -179,17 +178,7 @@ async def test_budget_remaining_is_zero_while_okta_says_wait(h: Harness) -> None
     """After a 429 no call is allowed until Okta's reset, though our own window has room."""
     key = generate_signing_key("RS256")
     cid = h.add_provider("acme", key=key)
-    tokens = TokenSource(
-        session=h.session, org_url=h.org_url, client_id=cid, key=key, clock=h.clock
-    )
-    token = await tokens.get()
-    for _ in range(3):  # someone else spends the provider's window
-        async with h.session.post(
-            f"{h.org_url}/api/v1/risk/events/ip",
-            json=[{"subjects": [{"ip": "192.0.2.200", "riskLevel": "LOW"}]}],
-            headers={"Authorization": f"Bearer {token}"},
-        ) as resp:
-            assert resp.status == 202
+    await h.spend_window(cid, key)  # another client spends the provider's window
     daemon = await h.start()
     await post(h, [{"ip": "192.0.2.1", "riskLevel": "HIGH"}])
     await h.until(lambda: daemon.dispatchers["acme"].state.status == "rate_limited")

@@ -17,7 +17,6 @@ import aiohttp
 import pytest
 
 from forwarder.okta.keys import generate_signing_key, private_jwk_json
-from forwarder.okta.tokens import TokenSource
 from forwarder.sandbox import SandboxOrg, serve
 from forwarder.signals import format_ms
 from forwarder.telemetry import configure_logging
@@ -262,17 +261,7 @@ async def test_someone_else_spending_the_budget_gets_a_429_obeyed(h: Harness) ->
     """When another client spent the window, the 429's Reset is waited out and all arrive."""
     key = generate_signing_key("RS256")
     cid = h.add_provider("acme", key=key)
-    tokens = TokenSource(
-        session=h.session, org_url=h.org_url, client_id=cid, key=key, clock=h.clock
-    )
-    token = await tokens.get()
-    for _ in range(3):
-        async with h.session.post(
-            f"{h.org_url}/api/v1/risk/events/ip",
-            json=[{"subjects": [{"ip": "192.0.2.200", "riskLevel": "LOW"}]}],
-            headers={"Authorization": f"Bearer {token}"},
-        ) as resp:
-            assert resp.status == 202
+    await h.spend_window(cid, key)  # another client spends the provider's window
     spent_at = h.clock.time()
     await h.start()
     await post_all(h, signals(ips(50), "HIGH"))
