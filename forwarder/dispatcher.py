@@ -240,7 +240,7 @@ class Dispatcher:
         except InvalidCredentials as exc:
             await self._store.release(lease)
             self._after_call(spent_at, "auth_error", started)
-            self._failing(str(exc), exc.hint)
+            self._failing(exc.message, exc.hint)
         except AuthError as exc:
             await self._store.release(lease)
             self._backoff("token", str(exc))

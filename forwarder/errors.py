@@ -65,6 +65,7 @@ class InvalidCredentials(AuthError):
     """Okta refused our identity; an operator must fix key, client id, scope grant or org URL."""
 
     def __init__(self, message: str, *, error: str = "", hint: str = "") -> None:
+        self.message = message
         self.error = error
         self.hint = hint
         super().__init__(f"{message} (hint: {hint})" if hint else message)
