@@ -184,6 +184,7 @@ class Daemon:
                 clock=self.clock,
                 tokens=ingest_tokens,
                 max_body_bytes=s.ingest.max_body_bytes,
+                max_age_s=s.dispatch.max_age_s,
                 observer=self.metrics,
             )
             self.metrics.attach(self, capacity=s.store.max_pending, max_age_s=s.dispatch.max_age_s)

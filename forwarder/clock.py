@@ -100,6 +100,10 @@ class FakeClock:
         self._mono += step
         self._wall += step
 
+    def step_wall(self, seconds: float) -> None:
+        """Step only the wall clock (an NTP correction, a resumed VM); monotonic time holds."""
+        self._wall += seconds
+
     async def run_until(
         self,
         condition: Callable[[], bool],

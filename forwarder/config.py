@@ -293,6 +293,16 @@ def load_settings(path: Path | None, *, check_files: bool = True) -> tuple[Setti
     names = [p.name for p in settings.providers]
     for name in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"providers: the name {name!r} is used more than once")
+    apps: dict[tuple[str, str], str] = {}
+    for provider in settings.providers:
+        app = (provider.org_url, provider.client_id)
+        if app in apps and apps[app] != provider.name:
+            problems.append(
+                f"providers[{provider.name}] and providers[{apps[app]}] are the same service "
+                f"app ({provider.client_id} at {provider.org_url}): Okta's 3 calls per minute "
+                "belong to it once, so two entries would overspend it; keep one"
+            )
+        apps.setdefault(app, provider.name)
     if not settings.providers:
         problems.append("providers: at least one [[providers]] entry is required")
     listen = parse_listen(settings.ingest.listen)

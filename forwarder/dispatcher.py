@@ -21,6 +21,7 @@ them from another process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -49,6 +50,13 @@ class Sender(Protocol):
 
     kind: str
     max_signals_per_call: int
+
+    async def prepare(self) -> None:
+        """Get ready to send (e.g. a valid token) before a batch is leased.
+
+        Raises ``InvalidCredentials`` or ``AuthError``; never spends a call.
+        """
+        ...
 
     async def send(
         self, signals: Sequence[Signal], *, spend: Callable[[], Awaitable[None]]
@@ -125,6 +133,8 @@ class Dispatcher:
         self._not_before = 0.0
         self._work_since: float | None = None
         self._auth_retry_pending = False
+        #: Signals per call; halved when the receiver says a request is too large (413).
+        self._call_limit = sender.max_signals_per_call
         self._persisted: ProviderState | None = None
         self._log = structlog.get_logger("forwarder.dispatcher").bind(provider=provider)
 
@@ -173,7 +183,13 @@ class Dispatcher:
                 if wait > 0:
                     await self._wait(wait, changed, stop)
                     continue
-            await self._attempt()
+            try:
+                await self._attempt()
+            except Exception as exc:
+                # Store trouble (a full disk) or a bug: this provider backs off and
+                # retries; the daemon and the other providers carry on.
+                self._log.exception("dispatch_failed", error=f"{type(exc).__name__}: {exc}")
+                self._backoff("internal", f"{type(exc).__name__}: {exc}")
             self._work_since = self._clock.time()
 
     def _paced_from(self) -> float:
@@ -195,10 +211,22 @@ class Dispatcher:
     # -- one call --------------------------------------------------------------------
 
     async def _attempt(self) -> None:
+        # Credentials first: a slow token request must not eat into leased signals'
+        # expiry margin (a subject is never sent after its own expiry).
+        try:
+            await self._sender.prepare()
+        except InvalidCredentials as exc:
+            self._failing(exc.message, exc.hint)
+            await self._persist_state()
+            return
+        except AuthError as exc:
+            self._backoff("token", str(exc))
+            await self._persist_state()
+            return
         now = self._clock.time()
         lease = await self._store.lease(
             self.provider,
-            limit=self.max_per_call,
+            limit=min(self.max_per_call, self._call_limit),
             now_ms=int(now * 1000),
             max_age_ms=self._max_age_ms,
             expiry_margin_ms=self._margin_ms,
@@ -244,10 +272,18 @@ class Dispatcher:
         except AuthError as exc:
             await self._store.release(lease)
             self._backoff("token", str(exc))
+        except Exception:
+            # A surprise in one provider's path must not stop the daemon (and with it
+            # every other provider): keep the batch, say what happened, back off.
+            with contextlib.suppress(StoreError):
+                await self._store.release(lease)
+            self._after_call(spent_at, "server_error", started)
+            raise
         except BaseException:
             # Cancelled mid-call (shutdown past its grace): leases die with the process
             # and the batch is sent again after restart.
-            await asyncio.shield(self._store.release(lease))
+            with contextlib.suppress(StoreError):
+                await asyncio.shield(self._store.release(lease))
             raise
         else:
             removed = await self._store.ack(lease)
@@ -255,6 +291,7 @@ class Dispatcher:
             self.budget.observe(delivery.window)
             self._failures = 0
             self._auth_retry_pending = False
+            self._call_limit = min(self.max_per_call, self._call_limit * 2)
             self.state = ProviderState(status="ok", last_call_at=spent_at, last_outcome="accepted")
             if self._observer is not None:
                 self._observer.delivered(self.provider, lease.signals, self._clock.time())
@@ -311,6 +348,10 @@ class Dispatcher:
                 hint="another client may be spending this provider's budget",
             )
             self._retry_note("rate_limited", str(exc), subjects)
+            return
+        if exc.shrink:
+            self._call_limit = max(1, subjects // 2)
+            self._retry_note("too_large", str(exc), subjects)
             return
         if exc.drop_token:
             if not self._auth_retry_pending:

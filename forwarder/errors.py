@@ -91,9 +91,12 @@ class RetryableSendError(SendError):
         outcome: str,
         retry_at: float | None = None,
         drop_token: bool = False,
+        shrink: bool = False,
     ) -> None:
         self.retry_at = retry_at
         self.drop_token = drop_token
+        #: The receiver refused the size of the request: send fewer signals per call.
+        self.shrink = shrink
         super().__init__(message, outcome=outcome)
 
 

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from forwarder.clock import Clock
 from forwarder.errors import StoreError, StoreFull
@@ -56,6 +57,7 @@ class IngestApi:
         clock: Clock,
         tokens: Sequence[str] = (),
         max_body_bytes: int = 1_048_576,
+        max_age_s: float = 86_400.0,
         observer: IngestObserver | None = None,
     ) -> None:
         self._store = store
@@ -63,6 +65,7 @@ class IngestApi:
         self._clock = clock
         self._tokens = [t.encode() for t in tokens]
         self._max_body = max_body_bytes
+        self._max_age_ms = int(max_age_s * 1000)
         self._observer = observer
         self.accepting = True
         self._log = structlog.get_logger("forwarder.ingest")
@@ -80,7 +83,11 @@ class IngestApi:
         scheme, _, presented = header.partition(" ")
         if scheme.lower() != "bearer" or not presented:
             return False
-        candidate = presented.strip().encode()
+        try:
+            # aiohttp decodes header bytes with surrogateescape; this gives them back.
+            candidate = presented.strip().encode("utf-8", "surrogateescape")
+        except UnicodeError:
+            return False
         ok = False
         for token in self._tokens:  # compare against every token: no early exit
             ok |= hmac.compare_digest(candidate, token)
@@ -124,6 +131,10 @@ class IngestApi:
         except web.HTTPRequestEntityTooLarge:
             self._rejected("too_large", 0)
             return _error(413, f"body exceeds max_body_bytes ({self._max_body}); split it")
+        except (web.RequestPayloadError, HttpProcessingError, ValueError, OSError) as exc:
+            # e.g. a Content-Encoding that does not match the body, or a truncated body.
+            self._rejected("malformed", 0)
+            return _error(400, f"the request body could not be read: {exc}")
         items, problems = self._decode(raw, ndjson=ctype != _JSON)
         if items is None:
             self._rejected("malformed", 0)
@@ -132,7 +143,9 @@ class IngestApi:
             self._rejected("empty", 0)
             return _error(400, "the request holds no signals")
         now_ms = int(self._clock.time() * 1000)
-        signals, bad = parse_items(items, now_ms=now_ms, providers=self._providers)
+        signals, bad = parse_items(
+            items, now_ms=now_ms, providers=self._providers, max_age_ms=self._max_age_ms
+        )
         problems.extend(bad)
         if problems:
             self._rejected("invalid", len(items))
@@ -160,7 +173,7 @@ class IngestApi:
         if not ndjson:
             try:
                 doc = json.loads(raw)
-            except (ValueError, UnicodeDecodeError) as exc:
+            except (ValueError, RecursionError) as exc:
                 return None, [Problem(-1, "", f"invalid JSON: {exc}")]
             return (doc if isinstance(doc, list) else [doc]), []
         items: list[Any] = []
@@ -170,7 +183,7 @@ class IngestApi:
                 continue
             try:
                 items.append(json.loads(line))
-            except (ValueError, UnicodeDecodeError) as exc:
+            except (ValueError, RecursionError) as exc:
                 problems.append(Problem(len(items), "", f"line {line_no} is not valid JSON: {exc}"))
                 items.append(None)
         if problems:

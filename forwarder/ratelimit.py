@@ -24,7 +24,12 @@ __all__ = ["CallBudget"]
 
 
 class CallBudget:
-    """Sliding-window call budget for one provider, driven by an injected clock."""
+    """Sliding-window call budget for one provider, driven by an injected clock.
+
+    Inside a process the window runs on the monotonic clock, so a wall-clock step (NTP,
+    a resumed VM) cannot reopen it early; wall times are used only at the edges: the
+    call history loaded from the store, the times persisted, and the times reported.
+    """
 
     def __init__(
         self,
@@ -43,9 +48,14 @@ class CallBudget:
         # Okta stamps a call when it arrives, a little after we stamp it; the margin
         # keeps our window from reopening before theirs does.
         self._margin_s = min(margin_s, window_s * 0.02)
-        self._times: deque[float] = deque(sorted(history))
-        self._blocked_until = 0.0
+        # Calls made before this process started, placed on this process's monotonic line.
+        offset = clock.monotonic() - clock.time()
+        self._times: deque[float] = deque(sorted(t + offset for t in history))
+        self._blocked_until = 0.0  # monotonic
         self.server_remaining: int | None = None
+
+    def _wall(self, mono: float) -> float:
+        return self._clock.time() + (mono - self._clock.monotonic())
 
     def _prune(self, now: float) -> None:
         horizon = now - self.window_s - self._margin_s
@@ -54,16 +64,15 @@ class CallBudget:
 
     def used(self) -> int:
         """Calls made in the current window."""
-        self._prune(self._clock.time())
+        self._prune(self._clock.monotonic())
         return len(self._times)
 
     def remaining(self) -> int:
         """Calls still allowed in the current window by our own budget."""
         return max(0, self.calls - self.used())
 
-    def next_slot(self) -> float:
-        """Wall time at which the next call may be made (now, if it may be made now)."""
-        now = self._clock.time()
+    def _next_slot_mono(self) -> float:
+        now = self._clock.monotonic()
         self._prune(now)
         slot = now
         if len(self._times) >= self.calls:
@@ -71,27 +80,32 @@ class CallBudget:
             slot = self._times[-self.calls] + self.window_s + self._margin_s
         return max(slot, self._blocked_until, now)
 
+    def next_slot(self) -> float:
+        """Wall time at which the next call may be made (now, if it may be made now)."""
+        return self._wall(self._next_slot_mono())
+
     def wait_s(self) -> float:
         """Seconds until :meth:`next_slot`."""
-        return max(0.0, self.next_slot() - self._clock.time())
+        return max(0.0, self._next_slot_mono() - self._clock.monotonic())
 
     def last_call(self) -> float | None:
-        """Time of the most recent call still remembered (None when none)."""
-        return self._times[-1] if self._times else None
+        """Wall time of the most recent call still remembered (None when none)."""
+        return self._wall(self._times[-1]) if self._times else None
 
     def blocked_until(self) -> float:
         """Wall time until which the server told us to hold off (0 when it did not)."""
-        return self._blocked_until
+        if self._blocked_until <= self._clock.monotonic():
+            return 0.0
+        return self._wall(self._blocked_until)
 
     def spend(self) -> float:
-        """Record a call made now; return its time."""
-        now = self._clock.time()
-        self._times.append(now)
-        return now
+        """Record a call made now; return its wall time (what the store persists)."""
+        self._times.append(self._clock.monotonic())
+        return self._clock.time()
 
     def block_for(self, seconds: float) -> None:
         """Send nothing for ``seconds`` from now (a 429 or a spent server window)."""
-        self._blocked_until = max(self._blocked_until, self._clock.time() + seconds)
+        self._blocked_until = max(self._blocked_until, self._clock.monotonic() + seconds)
 
     def observe(self, window: ServerWindow | None) -> None:
         """Obey the server's rate headers from any response."""

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 __all__ = [
     "FIELDS",
+    "MAX_EXPIRY_AHEAD_MS",
     "MAX_MESSAGE_CHARS",
     "Problem",
     "RiskLevel",
@@ -41,6 +42,9 @@ _IPV4 = re.compile(
 _SPACES = re.compile(r" {2,}")
 #: Timestamps further ahead than this are refused: a future time would win coalescing forever.
 MAX_FUTURE_SKEW_MS = 300_000
+#: expiresAt further ahead than this is refused (Okta documents no bound; a year is ample,
+#: and it keeps every time we ever format inside the years Okta's format can express).
+MAX_EXPIRY_AHEAD_MS = 366 * 86_400_000
 
 FIELDS = ("ip", "riskLevel", "message", "timestamp", "expiresAt", "provider")
 
@@ -109,11 +113,13 @@ def parse_rfc3339_ms(value: str) -> int:
         raise ValueError("must be an RFC 3339 date-time such as 2026-01-31T12:00:00Z")
     try:
         dt = datetime.fromisoformat(value.upper() if value.endswith("z") else value)
-    except ValueError:
+        if dt.tzinfo is None:
+            raise ValueError("must carry a time zone offset (Z or +hh:mm)")
+        return int(dt.timestamp() * 1000)
+    except (ValueError, OverflowError) as exc:
+        if "offset" in str(exc):
+            raise
         raise ValueError("must be an RFC 3339 date-time such as 2026-01-31T12:00:00Z") from None
-    if dt.tzinfo is None:
-        raise ValueError("must carry a time zone offset (Z or +hh:mm)")
-    return int(dt.timestamp() * 1000)
 
 
 def format_ms(ms: int) -> str:
@@ -155,7 +161,7 @@ def _parse_providers(value: object, known: Collection[str]) -> tuple[str, ...]:
 
 
 def _problems(
-    index: int, item: Mapping[str, Any], now_ms: int, known: Collection[str]
+    index: int, item: Mapping[str, Any], now_ms: int, max_age_ms: int, known: Collection[str]
 ) -> list[Problem]:
     """Everything wrong with one item (the slow, thorough path)."""
     bad = [
@@ -184,7 +190,7 @@ def _problems(
         bad.append(Problem(index, "message", "must be a string"))
     ts_ms = now_ms
     try:
-        ts_ms = _timestamp(item.get("timestamp"), now_ms)
+        ts_ms = _timestamp(item.get("timestamp"), now_ms, max_age_ms)
     except ValueError as exc:
         bad.append(Problem(index, "timestamp", str(exc)))
     try:
@@ -203,7 +209,7 @@ def _missing(what: str) -> None:
     raise ValueError(f"is required{what}")
 
 
-def _timestamp(raw: object, now_ms: int) -> int:
+def _timestamp(raw: object, now_ms: int, max_age_ms: int) -> int:
     if raw is None:
         return now_ms
     if not isinstance(raw, str):
@@ -211,6 +217,11 @@ def _timestamp(raw: object, now_ms: int) -> int:
     ts_ms = parse_rfc3339_ms(raw)
     if ts_ms > now_ms + MAX_FUTURE_SKEW_MS:
         raise ValueError("is more than 5 minutes in the future; check the clock")
+    if ts_ms < now_ms - max_age_ms:
+        # Accepting it would mean a 202 for a signal that is dropped, never sent.
+        raise ValueError(
+            f"is older than max_age_s ({max_age_ms // 1000} s); it would never be sent"
+        )
     return ts_ms
 
 
@@ -224,6 +235,8 @@ def _expiry(raw: object, ts_ms: int, now_ms: int) -> int | None:
         raise ValueError("must be after timestamp")
     if expires_ms <= now_ms:
         raise ValueError("is already in the past")
+    if expires_ms > now_ms + MAX_EXPIRY_AHEAD_MS:
+        raise ValueError("is more than a year ahead")
     return expires_ms
 
 
@@ -232,6 +245,7 @@ def parse_items(
     *,
     now_ms: int,
     providers: Sequence[str],
+    max_age_ms: int = 86_400_000,
 ) -> tuple[list[tuple[tuple[str, ...], Signal]], list[Problem]]:
     """Validate detector items; return (signals with their target providers, problems).
 
@@ -260,7 +274,7 @@ def parse_items(
             elif not _PLAIN_MESSAGE.fullmatch(message):
                 message = sanitize_message(message)
             raw_ts = item.get("timestamp")
-            ts_ms = now_ms if raw_ts is None else _timestamp(raw_ts, now_ms)
+            ts_ms = now_ms if raw_ts is None else _timestamp(raw_ts, now_ms, max_age_ms)
             raw_exp = item.get("expiresAt")
             expires_ms = None if raw_exp is None else _expiry(raw_exp, ts_ms, now_ms)
             raw_targets = item.get("provider")
@@ -269,7 +283,7 @@ def parse_items(
             if not isinstance(item, Mapping):
                 problems.append(Problem(index, "", "each signal must be a JSON object"))
             else:
-                problems.extend(_problems(index, item, now_ms, known))
+                problems.extend(_problems(index, item, now_ms, max_age_ms, known))
             continue
         out.append((targets, Signal(ip, level, message, ts_ms, expires_ms, now_ms)))
     return out, problems

@@ -400,10 +400,11 @@ async def test_send_test_delivers_one_harmless_event_and_says_it_spent_a_call(or
 async def test_check_names_a_key_that_does_not_match_the_app(org: Org) -> None:
     """One line per provider: OK for the good one, the kid fix for the mismatched key."""
     client_id = org.register("acme")
-    org.key("stray")
+    other_id = org.register("other")
+    org.key("stray")  # not the key registered on "other"
     config = org.config(
         ("acme", client_id, org.tmp / "acme.private.jwk.json"),
-        ("stray", client_id, org.tmp / "stray.private.jwk.json"),
+        ("stray", other_id, org.tmp / "stray.private.jwk.json"),
     )
     result = await run_cli("okta", "check", "--config", str(config))
     assert result.code == 1

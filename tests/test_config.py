@@ -98,3 +98,17 @@ def test_public_key_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_settings(path)
     assert any("public JWK" in p for p in err.value.problems)
+
+
+def test_same_app_twice_is_refused(tmp_path: Path) -> None:
+    """Two entries for one service app would double its budget: named as an error."""
+    path = _write(tmp_path, GOOD)
+    path.write_text(
+        path.read_text()
+        + "\n[[providers]]\n"
+        + GOOD.replace('"acme"', '"acme2"')
+        + '\nprivate_key_file = "k.json"\n'
+    )
+    with pytest.raises(ConfigError) as err:
+        load_settings(path)
+    assert any("are the same service app" in p for p in err.value.problems)

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from forwarder.clock import FakeClock
 from forwarder.ingest import IngestApi
-from forwarder.signals import RiskLevel
+from forwarder.signals import RiskLevel, format_ms
 from forwarder.store.sqlite import SqliteStore
 
 TOKEN = "detector-secret-token-1"
@@ -134,6 +134,67 @@ async def test_ndjson_bad_lines_are_named_by_line(api: Api) -> None:
     details = answer["details"]
     assert isinstance(details, list)
     assert [d["message"].split(" is ")[0] for d in details] == ["line 2", "line 4"]
+    assert api.store.pending_total() == 0
+
+
+async def raw_http(api: Api, head: bytes, body: bytes) -> bytes:
+    """Send one hand-made HTTP/1.1 request; return the status line."""
+    host, port = api.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"POST /v1/signals HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + head
+        + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+        + body
+    )
+    await writer.drain()
+    status = await reader.readline()
+    writer.close()
+    await writer.wait_closed()
+    return status
+
+
+@pytest.mark.parametrize(
+    ("head", "body", "status"),
+    [
+        (b"Authorization: Bearer \xff\xfe\r\n", b"[]", b" 401 "),
+        (
+            b"Authorization: Bearer " + TOKEN.encode() + b"\r\nContent-Encoding: gzip\r\n",
+            b"not gzip at all",
+            b" 400 ",
+        ),
+        (b"Authorization: Bearer " + TOKEN.encode() + b"\r\n", b"[" * 4000, b" 400 "),
+    ],
+)
+async def test_hostile_requests_get_a_4xx(
+    api: Api, head: bytes, body: bytes, status: bytes
+) -> None:
+    """Non-UTF-8 tokens, a body that is not the gzip it claims, deep nesting: 4xx, never 500."""
+    assert status in await raw_http(api, head, body)
+    assert api.store.pending_total() == 0
+
+
+async def test_signals_older_than_max_age_are_refused(api: Api) -> None:
+    """A 202 must mean "will be sent": timestamps past max_age_s and far expiries are 400s."""
+    now = api.ingest._clock.time()
+    old = format_ms(int((now - 2 * 86_400) * 1000))
+    far = format_ms(int((now + 400 * 86_400) * 1000))
+    status, body, _ = await api.post(
+        [
+            {"ip": "192.0.2.1", "riskLevel": "LOW", "timestamp": old},
+            {"ip": "192.0.2.2", "riskLevel": "LOW", "expiresAt": far},
+            {"ip": "192.0.2.3", "riskLevel": "LOW", "expiresAt": "9999-12-31T23:59:59-23:59"},
+        ]
+    )
+    assert status == 400
+    details = body["details"]
+    assert isinstance(details, list)
+    assert [(d["index"], d["field"]) for d in details] == [
+        (0, "timestamp"),
+        (1, "expiresAt"),
+        (2, "expiresAt"),
+    ]
+    assert "max_age_s" in details[0]["message"]
     assert api.store.pending_total() == 0
 
 

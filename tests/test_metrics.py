@@ -242,7 +242,10 @@ async def test_call_outcomes_match_what_okta_answered(tmp_path: Path) -> None:
         "token": 0,
         "server_error": 1,
         "timeout": 0,
+        "client_error": 0,
+        "too_large": 0,
         "failing": 0,
+        "internal": 0,
     }
     assert value(s, "forwarder_signals_dead_lettered_total", provider="acme") == 4
     assert value(s, "forwarder_dead_letter_signals", provider="acme") == 4

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from forwarder.okta.payload import build_risk_events
 from forwarder.signals import RiskLevel, Signal, format_ms, parse_rfc3339_ms
 
@@ -51,6 +53,18 @@ def test_mixed_partial_groups_fit_twenty_events() -> None:
     events = build_risk_events(signals)
     assert len(events) == 20
     assert sum(len(e["subjects"]) for e in events) == 1000
+
+
+@pytest.mark.parametrize("expiring", [1, 49, 51, 99, 101, 949, 951, 990, 999])
+def test_any_mix_of_expiring_and_lasting_fits_one_call(expiring: int) -> None:
+    """1000 subjects in any mix fit 20 events of at most 50, every subject exactly once."""
+    signals = [_sig(i, exp=NOW + 60_000 + i) for i in range(expiring)]
+    signals += [_sig(5000 + i) for i in range(1000 - expiring)]
+    events = build_risk_events(signals)
+    assert len(events) <= 20
+    assert all(len(e["subjects"]) <= 50 for e in events)
+    sent = [s["ip"] for e in events for s in e["subjects"]]
+    assert sorted(sent) == sorted(s.ip for s in signals)
 
 
 def test_message_is_sanitised_and_empty_left_out() -> None:

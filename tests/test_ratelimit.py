@@ -55,3 +55,28 @@ def test_server_saying_window_spent_is_obeyed() -> None:
     assert budget.wait_s() == 42
     budget.observe(ServerWindow(limit=30, remaining=5, reset_in_s=10))
     assert budget.wait_s() == 42
+
+
+def test_wall_clock_step_does_not_reopen_the_window() -> None:
+    """A forward jump of the wall clock leaves the window to monotonic time."""
+    clock = FakeClock()
+    budget = CallBudget(calls=3, window_s=60, clock=clock, margin_s=0)
+    for _ in range(3):
+        budget.spend()
+    clock.step_wall(3600)
+    assert budget.remaining() == 0
+    assert budget.wait_s() == 60
+    clock.advance(60)
+    assert budget.remaining() == 3
+
+
+def test_spend_reports_wall_time_for_the_store() -> None:
+    """What spend() returns is wall time, so history reloads correctly after a restart."""
+    clock = FakeClock()
+    budget = CallBudget(calls=3, window_s=60, clock=clock, margin_s=0)
+    at = budget.spend()
+    assert at == clock.time()
+    clock.advance(10)
+    again = CallBudget(calls=3, window_s=60, clock=clock, history=[at], margin_s=0)
+    assert again.remaining() == 2
+    assert again.last_call() == at

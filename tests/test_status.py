@@ -123,7 +123,8 @@ async def test_status_table_after_the_daemon_stopped(
     notes = lines[bad_at + 1 :]
     assert notes[0].strip().startswith("failing until ")
     assert notes[1].strip().startswith("error: token request refused")
-    assert "no key with kid" in notes[1]  # the hint, printed once
+    assert notes[2].strip().startswith("hint: no key with kid")  # the hint, printed once
+    assert sum("no key with kid" in line for line in lines) == 1
 
 
 async def test_status_lists_rows_of_a_provider_no_longer_configured(

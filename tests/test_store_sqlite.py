@@ -172,3 +172,27 @@ async def test_coalescing_within_one_commit(store: SqliteStore) -> None:
     lease = await lease_all(store)
     assert [(s.ip, s.risk, s.ts_ms) for s in lease.signals] == [("192.0.2.1", RiskLevel.HIGH, NOW)]
     assert store.pending_total() == 1
+
+
+async def test_large_expired_backlog_is_purged_in_slices(store: SqliteStore) -> None:
+    """6,000 expired rows ahead of fresh ones: purged 5,000 per lease, fresh ones then sent."""
+    store.max_pending = 10_000
+    old = NOW - DAY - 1
+    await store.add([(["p"], sig(f"198.18.{i // 256}.{i % 256}", ts=old)) for i in range(6000)])
+    await store.add([(["p"], sig(f"192.0.2.{i}")) for i in range(10)])
+    first = await lease_all(store)
+    assert (len(first.signals), first.expired) == (0, 5000)
+    second = await lease_all(store)
+    assert (len(second.signals), second.expired) == (10, 1000)
+    assert store.pending_total() == 10
+
+
+async def test_queued_rows_count_against_capacity(tmp_path: Path) -> None:
+    """Concurrent adds cannot overshoot max_pending by what is still queued for commit."""
+    async with SqliteStore(tmp_path / "f.db", max_pending=100) as s:
+        results = await asyncio.gather(
+            *(s.add([(["p"], sig(f"198.18.{i}.{j}")) for j in range(60)]) for i in range(5)),
+            return_exceptions=True,
+        )
+        assert sum(isinstance(r, StoreFull) for r in results) >= 3
+        assert s.pending_total() <= 120

@@ -112,7 +112,7 @@ def render_table(
                 lines.append(f"{rec.status} until {_iso(rec.until)}")
             if rec.last_error:
                 lines.append(f"error: {rec.last_error}")
-            if rec.hint and rec.hint not in (rec.last_error or ""):
+            if rec.hint:
                 lines.append(f"hint: {rec.hint}")
             notes[i] = lines
     widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]

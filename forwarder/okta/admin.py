@@ -98,7 +98,7 @@ class AdminClient:
             ) as resp:
                 status = resp.status
                 answer_headers = resp.headers
-                text = await resp.text()
+                text = (await resp.read()).decode("utf-8", "replace")
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise AdminApiError(
                 f"{method} {url} failed: {exc or type(exc).__name__}",

@@ -25,6 +25,8 @@ from forwarder.signals import Signal
 __all__ = ["EVENTS_PATH", "RiskEventsSender", "parse_rate_headers"]
 
 EVENTS_PATH = "/api/v1/risk/events/ip"
+#: The longest wait any X-Rate-Limit-Reset may impose (Okta's windows are a minute).
+MAX_RESET_WAIT_S = 3600.0
 
 
 def _int_header(headers: Mapping[str, str], name: str) -> int | None:
@@ -60,8 +62,9 @@ def parse_rate_headers(headers: Mapping[str, str], *, local_now: float) -> Serve
             except (TypeError, ValueError):
                 server_now = local_now
         # Date is rounded down and Reset up to whole seconds, so Reset - Date never
-        # undershoots; waiting "until Reset" (issue 2) needs no extra second.
-        reset_in = max(0.0, reset - server_now)
+        # undershoots; waiting "until Reset" (issue 2) needs no extra second. A value
+        # beyond an hour is not a rate window (a proxy's, or milliseconds): capped.
+        reset_in = min(MAX_RESET_WAIT_S, max(0.0, reset - server_now))
     return ServerWindow(limit=limit, remaining=remaining, reset_in_s=reset_in)
 
 
@@ -104,6 +107,11 @@ class RiskEventsSender:
         self._max_subjects = max_subjects
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
 
+    async def prepare(self) -> None:
+        """Have a valid access token before a batch is leased (so the token request's
+        time cannot push a subject past its expiry)."""
+        await self._tokens.get()
+
     async def send(
         self, signals: Sequence[Signal], *, spend: Callable[[], Awaitable[None]]
     ) -> Delivery:
@@ -130,7 +138,8 @@ class RiskEventsSender:
             ) as resp:
                 status = resp.status
                 headers = resp.headers
-                text = await resp.text()
+                # Error pages from proxies need not be UTF-8; never fail on decoding.
+                text = (await resp.read()).decode("utf-8", "replace")
         except TimeoutError:
             raise RetryableSendError(
                 f"no answer from {self.url} within {self._timeout.total}s", outcome="timeout"
@@ -168,10 +177,20 @@ class RiskEventsSender:
                 ),
                 window,
             )
-        if status == 400:
-            causes = _error_causes(payload) or [f"400 with body {text[:200]!r}"]
+        if status in (400, 422):
+            # Okta rejected the payload itself: resending it cannot help.
+            causes = _error_causes(payload) or [f"{status} with body {text[:200]!r}"]
             raise _with_window(
-                PermanentSendError("Okta rejected the batch (400)", causes=causes), window
+                PermanentSendError(f"Okta rejected the batch ({status})", causes=causes), window
+            )
+        if status == 413:
+            raise _with_window(
+                RetryableSendError(
+                    "Okta refused the request body as too large (413); splitting the batch",
+                    outcome="client_error",
+                    shrink=True,
+                ),
+                window,
             )
         if status == 403:
             challenge = headers.get("WWW-Authenticate", "")
@@ -199,12 +218,35 @@ class RiskEventsSender:
                     "this org may only accept SSF security events"
                 ),
             )
-        if status >= 500:
-            raise _with_window(
-                RetryableSendError(f"Okta answered {status}", outcome="server_error"), window
+        if status == 407:
+            raise InvalidCredentials(
+                "a proxy between forwarder and Okta asks for authentication (407)",
+                error="proxy_auth",
+                hint="set credentials in HTTPS_PROXY (http://user:pass@proxy:port) or bypass it",
             )
-        causes = _error_causes(payload) or [f"{status} with body {text[:200]!r}"]
-        raise _with_window(PermanentSendError(f"Okta answered {status}", causes=causes), window)
+        if 300 <= status < 400:
+            where = headers.get("Location", "elsewhere")
+            raise InvalidCredentials(
+                f"{self.url} redirects ({status}) to {where}",
+                error="redirect",
+                hint="org_url must be the org's own URL (not a custom domain alias or -admin)",
+            )
+        if status in (408, 425) or status >= 500:
+            raise _with_window(
+                RetryableSendError(
+                    f"Okta answered {status}",
+                    outcome="timeout" if status == 408 else "server_error",
+                ),
+                window,
+            )
+        # Any other answer says nothing about the payload: keep the batch and back off.
+        raise _with_window(
+            RetryableSendError(
+                f"Okta answered {status}: {'; '.join(_error_causes(payload)) or text[:200]!r}",
+                outcome="client_error",
+            ),
+            window,
+        )
 
 
 def _with_window(

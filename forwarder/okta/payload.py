@@ -37,11 +37,14 @@ def group_subjects(
     lasting = [s for s in signals if s.expires_ms is None]
     groups = _chunks(expiring, max_subjects) + _chunks(lasting, max_subjects)
     if len(groups) > max_events:
-        # Only when both kinds end in a partial chunk: those two fit in one event, which
-        # then takes the earlier expiry (shortening, never extending, the others).
-        tail = _chunks(expiring, max_subjects)
-        head = _chunks(lasting, max_subjects)
-        groups = [*tail[:-1], tail[-1] + head[0], *head[1:]]
+        # Only when both kinds end in a partial chunk: those two partial chunks fit in one
+        # event, which takes the earlier expiry (shortening, never extending, the others).
+        expiring_chunks = _chunks(expiring, max_subjects)
+        lasting_chunks = _chunks(lasting, max_subjects)
+        merged = expiring_chunks[-1] + lasting_chunks[-1]
+        groups = [*expiring_chunks[:-1], merged, *lasting_chunks[:-1]]
+    assert all(len(g) <= max_subjects for g in groups)
+    assert len(groups) <= max_events
     return groups
 
 

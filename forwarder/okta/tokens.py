@@ -164,7 +164,7 @@ class TokenSource:
                 allow_redirects=False,
             ) as resp:
                 status = resp.status
-                text = await resp.text()
+                text = (await resp.read()).decode("utf-8", "replace")
         except TimeoutError:
             self._notify("timeout")
             raise AuthError(f"token request to {self.token_url} timed out") from None

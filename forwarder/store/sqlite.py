@@ -166,6 +166,8 @@ LIMIT ?
 _Row = tuple[str, str, int, str, int, int | None, int]
 _CALL_LOG_KEEP_MS = 3_600_000
 _GROUP_MAX_ROWS = 20_000
+#: Expired rows deleted per lease at most (about 20 ms of the store thread).
+_PURGE_PER_LEASE = 5_000
 
 
 class SqliteStore:
@@ -301,10 +303,10 @@ class SqliteStore:
     async def add(self, items: Sequence[tuple[Sequence[str], Signal]]) -> AddResult:
         if self._closing:
             raise StoreError("store is closing")
-        if self.pending_total() >= self.max_pending:
-            raise StoreFull(
-                f"{self.pending_total()} signals are waiting (max_pending={self.max_pending})"
-            )
+        # Rows queued for the next group commit count too, so a burst cannot overshoot.
+        waiting = self.pending_total() + self._queued_rows
+        if waiting >= self.max_pending:
+            raise StoreFull(f"{waiting} signals are waiting (max_pending={self.max_pending})")
         rows: list[_Row] = [
             (p, s.ip, int(s.risk), s.message, s.ts_ms, s.expires_ms, s.received_ms)
             for providers, s in items
@@ -407,6 +409,7 @@ class SqliteStore:
     ) -> tuple[list[Signal], int, dict[str, dict[RiskLevel, int]]]:
         db = self._db
         keep: list[Signal] = []
+        fresh: list[tuple[int, str, str]] = []
         expired = 0
         too_old = now_ms - max_age_ms
         # A subject is never sent after its own expiry (nor within the margin of it).
@@ -417,7 +420,6 @@ class SqliteStore:
                 want = limit - len(keep)
                 rows = db.execute(_SELECT_BATCH, (provider, want)).fetchall()
                 dead: list[tuple[str, str]] = []
-                fresh: list[tuple[int, str, str]] = []
                 for ip, risk, message, ts_ms, expires_ms, received_ms in rows:
                     if ts_ms < too_old or (expires_ms is not None and expires_ms <= expiry_floor):
                         dead.append((provider, ip))
@@ -429,12 +431,16 @@ class SqliteStore:
                 if dead:
                     db.executemany("DELETE FROM pending WHERE provider = ? AND ip = ?", dead)
                     expired += len(dead)
-                if fresh:
-                    db.executemany(
-                        "UPDATE pending SET lease = ? WHERE provider = ? AND ip = ?", fresh
-                    )
                 if len(rows) < want or not dead:
                     break
+                if expired >= _PURGE_PER_LEASE:
+                    # The one store thread serves every provider and ingest: purge a
+                    # large expired backlog in slices, and lease nothing this time rather
+                    # than send a call that more fresh rows could have filled.
+                    keep, fresh = [], []
+                    break
+            if fresh:
+                db.executemany("UPDATE pending SET lease = ? WHERE provider = ? AND ip = ?", fresh)
             counts = self._read_counts() if expired else {}
             db.execute("COMMIT")
         except BaseException:

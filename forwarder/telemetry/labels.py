@@ -36,8 +36,20 @@ CALL_OUTCOMES = (
     "auth_error",
 )
 #: Why a batch was kept for later: 429; a 401 (new token, same batch); no token could be
-#: had; 5xx or connection error; timeout; the provider is failing (operator must act).
-RETRY_REASONS = ("rate_limited", "auth", "token", "server_error", "timeout", "failing")
+#: had; 5xx or connection error; timeout; another 4xx that says nothing of the payload;
+#: a 413 (the next call carries half); the provider is failing (operator must act); an
+#: unexpected error in forwarder itself or its store (logged as dispatch_failed).
+RETRY_REASONS = (
+    "rate_limited",
+    "auth",
+    "token",
+    "server_error",
+    "timeout",
+    "client_error",
+    "too_large",
+    "failing",
+    "internal",
+)
 TOKEN_OUTCOMES = ("success", "error", "timeout", "invalid_credentials")
 #: Rejections that carry a signal count (401/413/415/malformed bodies are only requests).
 REJECT_REASONS = ("invalid", "store_full", "store_error")

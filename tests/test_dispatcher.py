@@ -1,0 +1,130 @@
+"""The dispatcher with a fake sender (the one part Okta's real behaviour cannot drive):
+credentials before leasing, splitting on 413, surviving store and sender surprises."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from forwarder.clock import FakeClock
+from forwarder.delivery import Delivery
+from forwarder.dispatcher import Dispatcher
+from forwarder.errors import RetryableSendError, StoreError
+from forwarder.ratelimit import CallBudget
+from forwarder.signals import RiskLevel, Signal
+from forwarder.store.base import Lease
+from forwarder.store.sqlite import SqliteStore
+
+
+@dataclass
+class FakeSender:
+    """Records what it was asked to send; scripted failures come first."""
+
+    clock: FakeClock
+    kind: str = "fake"
+    max_signals_per_call: int = 1000
+    prepare_takes_s: float = 0.0
+    failures: list[BaseException] = field(default_factory=list)
+    batches: list[list[Signal]] = field(default_factory=list)
+    sent_at: list[float] = field(default_factory=list)
+
+    async def prepare(self) -> None:
+        self.clock.advance(self.prepare_takes_s)  # e.g. a slow token request
+
+    async def send(
+        self, signals: Sequence[Signal], *, spend: Callable[[], Awaitable[None]]
+    ) -> Delivery:
+        await spend()
+        if self.failures:
+            raise self.failures.pop(0)
+        self.batches.append(list(signals))
+        self.sent_at.append(self.clock.time())
+        return Delivery(subjects=len(signals))
+
+
+@dataclass
+class Env:
+    clock: FakeClock
+    store: SqliteStore
+    sender: FakeSender
+    dispatcher: Dispatcher
+    now_ms: int
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    clock = FakeClock()
+    sender = FakeSender(clock)
+    async with SqliteStore(tmp_path / "f.db") as store:
+        dispatcher = Dispatcher(
+            provider="p",
+            store=store,
+            sender=sender,
+            budget=CallBudget(calls=600, window_s=60, clock=clock),
+            clock=clock,
+            linger_s=0,
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(dispatcher.run(stop))
+        yield Env(clock, store, sender, dispatcher, int(clock.time() * 1000))
+        stop.set()
+        await task
+
+
+def sig(i: int, *, exp: int | None = None, risk: RiskLevel = RiskLevel.HIGH) -> Signal:
+    now = 1_800_000_000_000
+    return Signal(f"198.18.{i // 256}.{i % 256}", risk, "", now, exp, now)
+
+
+async def test_token_is_had_before_the_batch_is_chosen(env: Env) -> None:
+    """A 10 s token request cannot carry a subject past its expiry: it expires unsent."""
+    env.sender.prepare_takes_s = 10
+    await env.store.add([(["p"], sig(1, exp=env.now_ms + 8_000)), (["p"], sig(2))])
+    await env.clock.run_until(lambda: env.sender.batches != [])
+    (batch,) = env.sender.batches
+    assert [s.ip for s in batch] == [sig(2).ip]
+    for s in batch:
+        assert s.expires_ms is None or s.expires_ms > env.sender.sent_at[0] * 1000
+
+
+async def test_413_halves_the_next_call_then_grows_back(env: Env) -> None:
+    """Too large: the same signals go again in two halves; later calls are full again."""
+    env.sender.failures.append(RetryableSendError("413", outcome="client_error", shrink=True))
+    await env.store.add([(["p"], sig(i, risk=RiskLevel.LOW)) for i in range(2500)])
+    await env.clock.run_until(lambda: env.store.pending_total() == 0)
+    assert [len(b) for b in env.sender.batches] == [500, 1000, 1000]
+
+
+async def test_store_failure_backs_off_instead_of_stopping(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store error while leasing (a full disk) is a backoff for this provider, not a crash."""
+    real_lease = env.store.lease
+    calls = 0
+
+    async def failing_lease(*args: object, **kwargs: object) -> Lease:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise StoreError("database or disk is full")
+        return await real_lease(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(env.store, "lease", failing_lease)
+    await env.store.add([(["p"], sig(1))])
+    await env.clock.run_until(lambda: env.dispatcher.state.status == "backing_off")
+    assert "disk is full" in (env.dispatcher.state.last_error or "")
+    await env.clock.run_until(lambda: env.sender.batches != [])
+    assert env.store.pending_total() == 0
+
+
+async def test_unexpected_sender_error_keeps_the_batch(env: Env) -> None:
+    """A bug-shaped exception in the sender releases the batch and retries it later."""
+    env.sender.failures.append(UnicodeDecodeError("utf-8", b"\xe9", 0, 1, "invalid"))
+    await env.store.add([(["p"], sig(i)) for i in range(3)])
+    await env.clock.run_until(lambda: env.sender.batches != [])
+    assert sorted(s.ip for s in env.sender.batches[0]) == sorted(sig(i).ip for i in range(3))
+    assert env.store.pending_total() == 0

@@ -1,0 +1,145 @@
+"""How the events sender reads every kind of answer (a real aiohttp server on loopback)."""
+
+from __future__ import annotations
+
+import email.utils
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from forwarder.clock import FakeClock
+from forwarder.errors import InvalidCredentials, PermanentSendError, RetryableSendError
+from forwarder.okta.events import MAX_RESET_WAIT_S, RiskEventsSender
+from forwarder.okta.keys import generate_signing_key
+from forwarder.okta.tokens import TokenSource
+from forwarder.signals import RiskLevel, Signal
+
+
+@dataclass
+class Answer:
+    status: int = 202
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Env:
+    clock: FakeClock
+    answer: Answer
+    sender: RiskEventsSender
+
+
+@pytest.fixture
+async def env() -> AsyncIterator[Env]:
+    clock = FakeClock()
+    answer = Answer()
+
+    async def token(_: web.Request) -> web.Response:
+        return web.json_response(
+            {"token_type": "Bearer", "expires_in": 3600, "access_token": "t0k3n-value-1"}
+        )
+
+    async def events(_: web.Request) -> web.Response:
+        return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
+
+    app = web.Application()
+    app.router.add_post("/oauth2/v1/token", token)
+    app.router.add_post("/api/v1/risk/events/ip", events)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    async with aiohttp.ClientSession() as session:
+        tokens = TokenSource(
+            session=session,
+            org_url=url,
+            client_id="0oa1",
+            key=generate_signing_key("ES256"),
+            clock=clock,
+        )
+        sender = RiskEventsSender(session=session, org_url=url, tokens=tokens, clock=clock)
+        yield Env(clock, answer, sender)
+    await runner.cleanup()
+
+
+SIGNALS = [Signal("192.0.2.1", RiskLevel.HIGH, "", 1_800_000_000_000, None, 1_800_000_000_000)]
+
+
+async def _nothing() -> None:
+    return None
+
+
+async def send(env: Env) -> None:
+    await env.sender.send(SIGNALS, spend=_nothing)
+
+
+@pytest.mark.parametrize(
+    ("status", "outcome"),
+    [(408, "timeout"), (425, "server_error"), (502, "server_error"), (409, "client_error")],
+)
+async def test_answers_that_say_nothing_of_the_payload_keep_the_batch(
+    env: Env, status: int, outcome: str
+) -> None:
+    """408, 425, 5xx and unknown 4xx are retried, never dead-lettered."""
+    env.answer.status = status
+    with pytest.raises(RetryableSendError) as err:
+        await send(env)
+    assert err.value.outcome == outcome
+
+
+async def test_non_utf8_error_page_is_read_not_fatal(env: Env) -> None:
+    """A proxy's Latin-1 error page is a retryable 502, not a crash."""
+    env.answer.status = 502
+    env.answer.body = b"<html>Bad gateway \xe9</html>"
+    with pytest.raises(RetryableSendError):
+        await send(env)
+
+
+@pytest.mark.parametrize("status", [400, 422])
+async def test_payload_rejections_are_permanent(env: Env, status: int) -> None:
+    """400 and 422 carry Okta's causes and go to the dead letters."""
+    env.answer.status = status
+    env.answer.body = b'{"errorCode":"E0000001","errorSummary":"Api validation failed",' + (
+        b'"errorCauses":[{"errorSummary":"subjects: too many"}]}'
+    )
+    with pytest.raises(PermanentSendError) as err:
+        await send(env)
+    assert err.value.causes == ["E0000001: Api validation failed", "subjects: too many"]
+
+
+async def test_too_large_asks_for_smaller_calls(env: Env) -> None:
+    """413 keeps the batch and asks the dispatcher to split it."""
+    env.answer.status = 413
+    with pytest.raises(RetryableSendError) as err:
+        await send(env)
+    assert err.value.shrink
+
+
+@pytest.mark.parametrize(("status", "hint"), [(302, "org_url"), (307, "org_url"), (407, "PROXY")])
+async def test_redirects_and_proxy_auth_need_an_operator(env: Env, status: int, hint: str) -> None:
+    """3xx and 407 mark the provider failing with a hint, not a dead letter."""
+    env.answer.status = status
+    env.answer.headers = {"Location": "https://elsewhere.example"}
+    with pytest.raises(InvalidCredentials) as err:
+        await send(env)
+    assert hint in err.value.hint
+
+
+async def test_absurd_reset_is_capped(env: Env) -> None:
+    """A Reset in milliseconds (or from a proxy) cannot block a provider for years."""
+    env.answer.status = 429
+    now = env.clock.time()
+    env.answer.headers = {
+        "X-Rate-Limit-Limit": "3",
+        "X-Rate-Limit-Remaining": "0",
+        "X-Rate-Limit-Reset": str(int(now * 1000)),
+        "Date": email.utils.formatdate(now, usegmt=True),
+    }
+    with pytest.raises(RetryableSendError) as err:
+        await send(env)
+    assert err.value.retry_at is not None
+    assert err.value.retry_at - now <= MAX_RESET_WAIT_S
