@@ -322,6 +322,10 @@ class Daemon:
         if not self.store.writable:
             # forwarder_ready recovers on a scrape too, where nothing polls /readyz.
             await self.store.probe_writable()
+        try:
+            await self.store.refresh_dead_letter_counts()
+        except StoreError as exc:
+            self._log.warning("metrics_refresh_failed", error=str(exc))
         for name in self.dispatchers:
             try:
                 self._oldest[name] = await self.store.oldest_pending_ms(name)

@@ -253,7 +253,9 @@ class Dispatcher:
             self.budget.observe(exc.window)
             self._retryable(exc, len(lease.signals))
         except PermanentSendError as exc:
-            await self._store.dead_letter(lease, reason=str(exc), causes=exc.causes)
+            await self._store.dead_letter(
+                lease, reason=str(exc), causes=exc.causes, at=self._clock.time()
+            )
             self._after_call(spent_at, exc.outcome, started)
             self.budget.observe(exc.window)
             self._failures = 0
@@ -263,7 +265,8 @@ class Dispatcher:
                 "batch_dead_lettered",
                 subjects=len(lease.signals),
                 causes=list(exc.causes)[:10],
-                hint="Okta rejected the payload; inspect with `forwarder status`",
+                hint="Okta rejected the payload: `forwarder dead-letters list` shows it; "
+                "fix the cause, then `forwarder dead-letters requeue`",
             )
         except InvalidCredentials as exc:
             await self._store.release(lease)

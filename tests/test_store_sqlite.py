@@ -127,7 +127,7 @@ async def test_state_survives_reopen(tmp_path: Path) -> None:
     async with SqliteStore(path) as s:
         await s.add([(["p"], sig(f"192.0.2.{i}", RiskLevel.HIGH)) for i in range(5)])
         lease = await s.lease("p", limit=2, now_ms=NOW, max_age_ms=DAY, expiry_margin_ms=0)
-        await s.dead_letter(lease, reason="400", causes=["E0000001: bad"])
+        await s.dead_letter(lease, reason="400", causes=["E0000001: bad"], at=2000.0)
         await s.lease("p", limit=2, now_ms=NOW, max_age_ms=DAY, expiry_margin_ms=0)
         await s.record_call("p", 1000.5)
     async with SqliteStore(path) as s:

@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "forwarder.cli.keys",
     "forwarder.cli.okta",
     "forwarder.cli.status",
+    "forwarder.cli.deadletters",
     "forwarder.cli.bench",
 )
 

@@ -136,7 +136,9 @@ class Store(Protocol):
         """Keep the batch for a later attempt."""
         ...
 
-    async def dead_letter(self, lease: Lease, *, reason: str, causes: Sequence[str]) -> None:
+    async def dead_letter(
+        self, lease: Lease, *, reason: str, causes: Sequence[str], at: float
+    ) -> None:
         """Okta rejected the batch: move what was sent to the dead-letter table."""
         ...
 
@@ -158,6 +160,10 @@ class Store(Protocol):
 
     async def oldest_pending_ms(self, provider: str) -> Mapping[RiskLevel, int]:
         """Oldest observation time per risk level (levels with no rows are absent)."""
+        ...
+
+    async def refresh_dead_letter_counts(self) -> None:
+        """Recount dead letters (``forwarder dead-letters requeue`` removes them from outside)."""
         ...
 
     def dead_letter_count(self, provider: str) -> int:

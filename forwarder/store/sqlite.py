@@ -243,10 +243,14 @@ class SqliteStore:
         for provider, risk, n in conn.execute("SELECT provider, risk, n FROM counts"):
             if n:
                 self._counts[provider][RiskLevel(risk)] = n
-        for provider, n in conn.execute(
-            "SELECT provider, count(*) FROM dead_letters GROUP BY provider"
-        ):
-            self._dead[provider] = n
+        self._dead = defaultdict(int, self._count_dead(conn))
+
+    @staticmethod
+    def _count_dead(conn: sqlite3.Connection) -> dict[str, int]:
+        return dict(conn.execute("SELECT provider, count(*) FROM dead_letters GROUP BY provider"))
+
+    async def refresh_dead_letter_counts(self) -> None:
+        self._dead = defaultdict(int, await self._run(self._count_dead, self._db))
 
     def _close(self) -> None:
         if self._conn is not None:
@@ -477,16 +481,17 @@ class SqliteStore:
     def _exec(self, sql: str, params: Sequence[Any]) -> int:
         return self._db.execute(sql, params).rowcount
 
-    async def dead_letter(self, lease: Lease, *, reason: str, causes: Sequence[str]) -> None:
-        counts = await self._run(self._dead_letter, lease, reason, list(causes))
+    async def dead_letter(
+        self, lease: Lease, *, reason: str, causes: Sequence[str], at: float
+    ) -> None:
+        counts = await self._run(self._dead_letter, lease, reason, list(causes), int(at * 1000))
         self._apply_counts(counts)
         self._dead[lease.provider] += len(lease.signals)
 
     def _dead_letter(
-        self, lease: Lease, reason: str, causes: list[str]
+        self, lease: Lease, reason: str, causes: list[str], failed_ms: int
     ) -> dict[str, dict[RiskLevel, int]]:
         db = self._db
-        failed_ms = max((s.received_ms for s in lease.signals), default=0)
         causes_json = json.dumps(causes)
         db.execute("BEGIN IMMEDIATE")
         try:
