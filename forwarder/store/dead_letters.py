@@ -8,15 +8,13 @@ Requeued signals go back through the daemon's ingest API, never straight into
 
 from __future__ import annotations
 
-import contextlib
 import json
-import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from forwarder.errors import StoreError
 from forwarder.signals import RiskLevel, Signal
+from forwarder.store.sqlite_read import open_store_file
 
 __all__ = ["DeadLetterRow", "delete_dead_letters", "read_dead_letters"]
 
@@ -31,25 +29,6 @@ class DeadLetterRow:
     failed_ms: int
     reason: str
     causes: tuple[str, ...]
-
-
-@contextlib.contextmanager
-def _connect(path: Path, *, readonly: bool) -> Iterator[sqlite3.Connection]:
-    if not path.exists():
-        raise StoreError(f"no store at {path} (has the daemon run with this config?)")
-    mode = "ro" if readonly else "rw"
-    try:
-        db = sqlite3.connect(
-            f"{path.resolve().as_uri()}?mode={mode}", uri=True, timeout=10.0, isolation_level=None
-        )
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot open store {path}: {exc}") from exc
-    try:
-        yield db
-    except sqlite3.Error as exc:
-        raise StoreError(f"store {path}: {exc}") from exc
-    finally:
-        db.close()
 
 
 def read_dead_letters(
@@ -78,7 +57,7 @@ def read_dead_letters(
     if limit is not None:
         sql += " LIMIT ?"
         params.append(limit)
-    with _connect(path, readonly=True) as db:
+    with open_store_file(path) as db:
         rows = db.execute(sql, params).fetchall()
     return [
         DeadLetterRow(
@@ -97,7 +76,7 @@ def delete_dead_letters(path: Path, ids: Sequence[int]) -> int:
     """Remove the given rows (after the daemon accepted them again); return how many."""
     if not ids:
         return 0
-    with _connect(path, readonly=False) as db:
+    with open_store_file(path, readonly=False) as db:
         db.execute("BEGIN IMMEDIATE")
         try:
             removed = 0

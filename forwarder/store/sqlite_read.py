@@ -7,16 +7,17 @@ itself uses :func:`oldest_by_level` for the scrape-time age gauges.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from forwarder.errors import StoreError
 from forwarder.signals import RiskLevel
 from forwarder.store.base import ProviderRecord, ProviderSummary
 
-__all__ = ["oldest_by_level", "read_summary"]
+__all__ = ["oldest_by_level", "open_store_file", "read_summary"]
 
 
 def _s(ms: int | None) -> float | None:
@@ -49,18 +50,26 @@ def read_summary(path: Path, providers: Sequence[str] = ()) -> list[ProviderSumm
     other provider the store still holds rows for (e.g. one removed from the config).
     Raises ``StoreError`` when the file is missing or is not a forwarder store.
     """
+    with open_store_file(path) as db:
+        return _read_summary(db, providers)
+
+
+@contextlib.contextmanager
+def open_store_file(path: Path, *, readonly: bool = True) -> Iterator[sqlite3.Connection]:
+    """A connection of its own to the store file; SQLite errors become ``StoreError``."""
     if not path.exists():
         raise StoreError(f"no store at {path} (has the daemon run with this config?)")
+    mode = "ro" if readonly else "rw"
     try:
         db = sqlite3.connect(
-            f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0, isolation_level=None
+            f"{path.resolve().as_uri()}?mode={mode}", uri=True, timeout=10.0, isolation_level=None
         )
     except sqlite3.Error as exc:
-        raise StoreError(f"cannot open store {path} read-only: {exc}") from exc
+        raise StoreError(f"cannot open store {path}: {exc}") from exc
     try:
-        return _read_summary(db, providers)
+        yield db
     except sqlite3.Error as exc:
-        raise StoreError(f"cannot read store {path}: {exc}") from exc
+        raise StoreError(f"cannot use store {path}: {exc}") from exc
     finally:
         db.close()
 
