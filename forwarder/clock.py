@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-__all__ = ["Clock", "FakeClock", "SystemClock", "wait_event"]
+__all__ = ["Clock", "FakeClock", "SystemClock"]
 
 
 class Clock(Protocol):
@@ -135,19 +135,3 @@ class FakeClock:
             if self._mono + nxt - start > max_seconds:
                 raise TimeoutError(f"condition not met within {max_seconds} fake seconds")
             self.advance(nxt)
-
-
-async def wait_event(clock: Clock, event: asyncio.Event, seconds: float) -> bool:
-    """Wait until ``event`` is set or ``seconds`` of clock time pass; True if it was set."""
-    if event.is_set():
-        return True
-    if seconds <= 0:
-        return False
-    waiter = asyncio.ensure_future(event.wait())
-    sleeper = asyncio.ensure_future(clock.sleep(seconds))
-    try:
-        await asyncio.wait({waiter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        waiter.cancel()
-        sleeper.cancel()
-    return event.is_set()

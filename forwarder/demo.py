@@ -27,6 +27,7 @@ from forwarder.clock import SystemClock
 from forwarder.config import Settings
 from forwarder.okta.admin import AdminClient
 from forwarder.okta.keys import generate_signing_key, write_private_key
+from forwarder.ratelimit import max_calls_in_window
 from forwarder.sandbox import SandboxOrg, serve
 from forwarder.telemetry import configure_logging
 
@@ -256,13 +257,6 @@ async def _quiet_moment(
         await asyncio.sleep(0.05)
 
 
-def _max_in_window(times: list[float], window: float) -> int:
-    best = 0
-    for i, t in enumerate(times):
-        best = max(best, sum(1 for u in times[i:] if u - t < window))
-    return best
-
-
 def _summary(result: dict[str, Any], org: SandboxOrg, client_id: str) -> int:
     if not result:
         return 1
@@ -285,8 +279,8 @@ def _summary(result: dict[str, Any], org: SandboxOrg, client_id: str) -> int:
     _say(f"  coalesced            {result['coalesced']:,} re-sightings merged into waiting IPs")
     _say(
         f"  Okta calls           {len(statuses)} ({statuses.count(202)} accepted, "
-        f"{statuses.count(429)} rate-limited); at most {_max_in_window(times, 60)} in any 60 s "
-        "(budget 3)"
+        f"{statuses.count(429)} rate-limited); "
+        f"at most {max_calls_in_window(times, 60)} in any 60 s (budget 3)"
     )
     sizes = [len(c.ips) for c in org.accepted]
     _say(f"  subjects per call    {', '.join(str(n) for n in sizes)} (max 1000)")

@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import random
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import structlog
@@ -91,7 +91,6 @@ class ProviderState:
     until: float | None = None
     last_call_at: float | None = None
     last_outcome: str | None = None
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 class Dispatcher:
@@ -144,7 +143,7 @@ class Dispatcher:
 
     def next_call_at(self) -> float:
         """Earliest wall time of the next call (budget, server word, backoff, pacing)."""
-        at = max(self.budget.next_slot(), self._not_before)
+        at = self._budget_at()
         if sum(self._store.pending_counts(self.provider).values()) < self.max_per_call:
             at = max(at, self._paced_from())
         return at

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,12 +18,6 @@ from forwarder.config import Settings
 from forwarder.okta.keys import SigningKey, generate_signing_key, write_private_key
 from forwarder.okta.tokens import TokenSource
 from forwarder.sandbox import SandboxOrg, serve
-
-
-def max_in_window(times: Sequence[float], window: float) -> int:
-    """Most calls found in any half-open window of ``window`` seconds."""
-    ordered = sorted(times)
-    return max((sum(1 for u in ordered if t <= u < t + window) for t in ordered), default=0)
 
 
 def ips(count: int, offset: int = 0) -> list[str]:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from forwarder.clock import FakeClock
 from forwarder.delivery import ServerWindow
-from forwarder.ratelimit import CallBudget
+from forwarder.ratelimit import CallBudget, max_calls_in_window
 
 
-def _max_in_window(times: list[float], window: float) -> int:
-    return max(sum(1 for u in times if t <= u < t + window) for t in times)
+def test_max_calls_in_window_counts_a_sliding_half_open_window() -> None:
+    """Calls exactly a window apart are in different windows; any other span counts."""
+    assert max_calls_in_window([], 60) == 0
+    assert max_calls_in_window([0, 60, 120], 60) == 1
+    assert max_calls_in_window([0, 59.9, 60, 61], 60) == 3
+    assert max_calls_in_window([30, 0, 10, 100, 65], 60) == 3
 
 
 def test_never_more_than_budget_in_any_window() -> None:
@@ -20,7 +24,7 @@ def test_never_more_than_budget_in_any_window() -> None:
         clock.advance(max(0.0, budget.next_slot() - clock.time()))
         times.append(budget.spend())
         clock.advance(7)
-    assert _max_in_window(times, 60) == 3
+    assert max_calls_in_window(times, 60) == 3
 
 
 def test_token_returns_exactly_one_window_after_spending() -> None:

@@ -26,6 +26,7 @@ from forwarder.bench.plan import PER_CALL_MAX, Context
 from forwarder.bench.procs import Daemon, pending_rows
 from forwarder.bench.stats import ratio
 from forwarder.bench.workload import ip
+from forwarder.ratelimit import max_calls_in_window
 
 __all__ = ["budget_use", "high_latency"]
 
@@ -63,18 +64,6 @@ def _rate_ratio(times: list[float], calls: int, window_s: float) -> float | None
         return None
     span = max(times) - min(times)
     return ratio((len(times) - calls) / span * window_s, calls) if span > 0 else None
-
-
-def _max_in_window(times: list[float], window_s: float) -> int:
-    """Most calls that arrived inside any ``window_s`` span (Okta's sliding window)."""
-    times = sorted(times)
-    best = 0
-    j = 0
-    for i, t in enumerate(times):
-        while times[j] <= t - window_s:
-            j += 1
-        best = max(best, i - j + 1)
-    return best
 
 
 async def budget_use(ctx: Context) -> dict[str, Any]:
@@ -130,7 +119,7 @@ async def budget_use(ctx: Context) -> dict[str, Any]:
         else None,
         "calls_per_window_ratio": _rate_ratio(times, plan.calls, plan.window_s),
         # Every call counts against Okta's window, whatever its answer.
-        "max_calls_in_any_window": _max_in_window([at for at, _ in every_call], plan.window_s),
+        "max_calls_in_any_window": max_calls_in_window([at for at, _ in every_call], plan.window_s),
         "burst_gaps_s": gaps,
         "overhead_per_window_s": round(overhead, 3) if overhead is not None else None,
         "projected_calls_per_window_ratio_60s": projected,
