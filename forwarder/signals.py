@@ -17,6 +17,7 @@ from enum import IntEnum
 from typing import Any, NamedTuple
 
 __all__ = [
+    "EXPIRY_MARGIN_MS",
     "FIELDS",
     "MAX_EXPIRY_AHEAD_MS",
     "MAX_MESSAGE_CHARS",
@@ -27,6 +28,8 @@ __all__ = [
     "parse_items",
     "parse_rfc3339_ms",
     "sanitize_message",
+    "send_deadline_ms",
+    "sendable",
 ]
 
 #: Okta's ``RiskEventSubject.message``: ``maxLength: 512`` (openapi-subset.yaml).
@@ -45,6 +48,9 @@ MAX_FUTURE_SKEW_MS = 300_000
 #: expiresAt further ahead than this is refused (Okta documents no bound; a year is ample,
 #: and it keeps every time we ever format inside the years Okta's format can express).
 MAX_EXPIRY_AHEAD_MS = 366 * 86_400_000
+#: A subject is never sent within this margin of its own expiry: a lease drops it instead
+#: (it would expire on the way, or be refused by an org whose clock runs ahead).
+EXPIRY_MARGIN_MS = 5_000
 
 FIELDS = ("ip", "riskLevel", "message", "timestamp", "expiresAt", "provider")
 
@@ -207,6 +213,25 @@ def _problems(
 
 def _missing(what: str) -> None:
     raise ValueError(f"is required{what}")
+
+
+def send_deadline_ms(signal: Signal, *, max_age_ms: int, margin_ms: int = EXPIRY_MARGIN_MS) -> int:
+    """The last epoch millisecond at which ``signal`` may still be leased for a call.
+
+    A signal goes no later than ``max_age`` after its timestamp, and never within
+    ``margin_ms`` of its own expiry. The store's lease and the ingest rules both use this.
+    """
+    deadline = signal.ts_ms + max_age_ms
+    if signal.expires_ms is not None:
+        deadline = min(deadline, signal.expires_ms - margin_ms - 1)
+    return deadline
+
+
+def sendable(
+    signal: Signal, now_ms: int, *, max_age_ms: int, margin_ms: int = EXPIRY_MARGIN_MS
+) -> bool:
+    """``signal`` may go in a call leased at ``now_ms`` (not too old, not about to expire)."""
+    return now_ms <= send_deadline_ms(signal, max_age_ms=max_age_ms, margin_ms=margin_ms)
 
 
 def _timestamp(raw: object, now_ms: int, max_age_ms: int) -> int:

@@ -196,3 +196,19 @@ async def test_queued_rows_count_against_capacity(tmp_path: Path) -> None:
         )
         assert sum(isinstance(r, StoreFull) for r in results) >= 3
         assert s.pending_total() <= 120
+
+
+async def test_lease_skipping_expired_rows_never_repeats_an_ip(store: SqliteStore) -> None:
+    """Expired rows interleaved with fresh ones: the refilled lease holds each IP once."""
+    rows = []
+    for i in range(40):
+        # Same risk, ascending timestamps: the batch order alternates fresh / expired.
+        exp = NOW - 1 if i % 2 else None
+        rows.append((["p"], sig(f"192.0.2.{i}", ts=NOW - 1000 + i, exp=exp)))
+    await store.add(rows)
+    lease = await lease_all(store, limit=10)
+    ips = [s.ip for s in lease.signals]
+    assert ips == [f"192.0.2.{i}" for i in range(0, 20, 2)]
+    rest = await lease_all(store, limit=100)
+    assert [s.ip for s in rest.signals] == [f"192.0.2.{i}" for i in range(20, 40, 2)]
+    assert lease.expired + rest.expired == 20

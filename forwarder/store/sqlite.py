@@ -26,7 +26,7 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from forwarder.errors import StoreError, StoreFull
-from forwarder.signals import RiskLevel, Signal
+from forwarder.signals import EXPIRY_MARGIN_MS, RiskLevel, Signal, sendable
 from forwarder.store.base import (
     AddResult,
     DeadLetter,
@@ -389,7 +389,7 @@ class SqliteStore:
         limit: int,
         now_ms: int,
         max_age_ms: int,
-        expiry_margin_ms: int = 5_000,
+        expiry_margin_ms: int = EXPIRY_MARGIN_MS,
     ) -> Lease:
         lease_id = self._next_lease
         self._next_lease += 1
@@ -413,25 +413,27 @@ class SqliteStore:
     ) -> tuple[list[Signal], int, dict[str, dict[RiskLevel, int]]]:
         db = self._db
         keep: list[Signal] = []
-        fresh: list[tuple[int, str, str]] = []
         expired = 0
-        too_old = now_ms - max_age_ms
-        # A subject is never sent after its own expiry (nor within the margin of it).
-        expiry_floor = now_ms + margin_ms
         db.execute("BEGIN IMMEDIATE")
         try:
             while len(keep) < limit:
                 want = limit - len(keep)
                 rows = db.execute(_SELECT_BATCH, (provider, want)).fetchall()
                 dead: list[tuple[str, str]] = []
+                taken: list[tuple[int, str, str]] = []
                 for ip, risk, message, ts_ms, expires_ms, received_ms in rows:
-                    if ts_ms < too_old or (expires_ms is not None and expires_ms <= expiry_floor):
+                    signal = Signal(ip, RiskLevel(risk), message, ts_ms, expires_ms, received_ms)
+                    if not sendable(signal, now_ms, max_age_ms=max_age_ms, margin_ms=margin_ms):
                         dead.append((provider, ip))
                         continue
-                    keep.append(
-                        Signal(ip, RiskLevel(risk), message, ts_ms, expires_ms, received_ms)
+                    keep.append(signal)
+                    taken.append((lease_id, provider, ip))
+                # Mark as we go: the next SELECT (after dropping expired rows) must not
+                # see rows this lease already holds, or one IP would go twice in a call.
+                if taken:
+                    db.executemany(
+                        "UPDATE pending SET lease = ? WHERE provider = ? AND ip = ?", taken
                     )
-                    fresh.append((lease_id, provider, ip))
                 if dead:
                     db.executemany("DELETE FROM pending WHERE provider = ? AND ip = ?", dead)
                     expired += len(dead)
@@ -441,10 +443,12 @@ class SqliteStore:
                     # The one store thread serves every provider and ingest: purge a
                     # large expired backlog in slices, and lease nothing this time rather
                     # than send a call that more fresh rows could have filled.
-                    keep, fresh = [], []
+                    db.execute(
+                        "UPDATE pending SET lease = NULL WHERE provider = ? AND lease = ?",
+                        (provider, lease_id),
+                    )
+                    keep = []
                     break
-            if fresh:
-                db.executemany("UPDATE pending SET lease = ? WHERE provider = ? AND ip = ?", fresh)
             counts = self._read_counts() if expired else {}
             db.execute("COMMIT")
         except BaseException:
