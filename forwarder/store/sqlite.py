@@ -499,24 +499,8 @@ class SqliteStore:
         causes_json = json.dumps(causes)
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany(
-                "INSERT INTO dead_letters (provider, ip, risk, message, ts_ms, expires_ms,"
-                " received_ms, failed_ms, reason, causes) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                [
-                    (
-                        lease.provider,
-                        s.ip,
-                        int(s.risk),
-                        s.message,
-                        s.ts_ms,
-                        s.expires_ms,
-                        s.received_ms,
-                        failed_ms,
-                        reason,
-                        causes_json,
-                    )
-                    for s in lease.signals
-                ],
+            self._insert_dead(
+                db, lease.provider, [(s, causes_json) for s in lease.signals], reason, failed_ms
             )
             db.execute(
                 "DELETE FROM pending WHERE provider = ? AND lease = ?",
@@ -528,6 +512,86 @@ class SqliteStore:
             db.execute("ROLLBACK")
             raise
         return counts
+
+    async def dead_letter_some(
+        self,
+        lease: Lease,
+        rejected: Mapping[str, Sequence[str]],
+        *,
+        reason: str,
+        at: float,
+    ) -> int:
+        """Dead-letter the signals of ``lease`` whose IP is in ``rejected`` (each with its
+        own causes) and release the rest for the next call; return how many were moved."""
+        sent = [s for s in lease.signals if s.ip in rejected]
+        if not sent:
+            await self.release(lease)
+            return 0
+        counts = await self._run(
+            self._dead_letter_some,
+            lease,
+            [(s, json.dumps(list(rejected[s.ip]))) for s in sent],
+            reason,
+            int(at * 1000),
+        )
+        self._apply_counts(counts)
+        self._dead[lease.provider] += len(sent)
+        return len(sent)
+
+    def _dead_letter_some(
+        self,
+        lease: Lease,
+        rejected: list[tuple[Signal, str]],
+        reason: str,
+        failed_ms: int,
+    ) -> dict[str, dict[RiskLevel, int]]:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            self._insert_dead(db, lease.provider, rejected, reason, failed_ms)
+            # Only the versions sent: a row replaced in flight lost its lease and stays.
+            db.executemany(
+                "DELETE FROM pending WHERE provider = ? AND ip = ? AND lease = ?",
+                [(lease.provider, s.ip, lease.lease_id) for s, _ in rejected],
+            )
+            db.execute(
+                "UPDATE pending SET lease = NULL WHERE provider = ? AND lease = ?",
+                (lease.provider, lease.lease_id),
+            )
+            counts = self._read_counts()
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return counts
+
+    @staticmethod
+    def _insert_dead(
+        db: sqlite3.Connection,
+        provider: str,
+        signals: list[tuple[Signal, str]],
+        reason: str,
+        failed_ms: int,
+    ) -> None:
+        db.executemany(
+            "INSERT INTO dead_letters (provider, ip, risk, message, ts_ms, expires_ms,"
+            " received_ms, failed_ms, reason, causes) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            [
+                (
+                    provider,
+                    s.ip,
+                    int(s.risk),
+                    s.message,
+                    s.ts_ms,
+                    s.expires_ms,
+                    s.received_ms,
+                    failed_ms,
+                    reason,
+                    causes_json,
+                )
+                for s, causes_json in signals
+            ],
+        )
 
     async def dead_letters(self, provider: str | None = None, limit: int = 100) -> list[DeadLetter]:
         rows = await self._run(self._dead_letters, provider, limit)
