@@ -64,7 +64,8 @@ class Sender(Protocol):
         """Deliver one batch, awaiting ``spend()`` just before the call goes out.
 
         Raises ``RetryableSendError``, ``PermanentSendError``, ``InvalidCredentials`` or
-        ``AuthError``; returns only when the receiver accepted the whole batch.
+        ``AuthError``; returns only when the receiver accepted the whole batch. A
+        ``PermanentSendError`` whose ``rejected`` names signals blames only those.
         """
         ...
 
@@ -252,17 +253,29 @@ class Dispatcher:
             self.budget.observe(exc.window)
             self._retryable(exc, len(lease.signals))
         except PermanentSendError as exc:
-            await self._store.dead_letter(
-                lease, reason=str(exc), causes=exc.causes, at=self._clock.time()
-            )
+            if exc.rejected:
+                # Only the blamed subjects are dead; the rest go in the next call (a
+                # normal call of the budget), HIGH first as always.
+                moved = await self._store.dead_letter_some(
+                    lease,
+                    {s.ip: causes for s, causes in exc.rejected},
+                    reason=str(exc),
+                    at=self._clock.time(),
+                )
+            else:
+                await self._store.dead_letter(
+                    lease, reason=str(exc), causes=exc.causes, at=self._clock.time()
+                )
+                moved = len(lease.signals)
             self._after_call(spent_at, exc.outcome, started)
             self.budget.observe(exc.window)
             self._failures = 0
             if self._observer is not None:
-                self._observer.dead_lettered(self.provider, len(lease.signals))
+                self._observer.dead_lettered(self.provider, moved)
             self._log.error(
-                "batch_dead_lettered",
-                subjects=len(lease.signals),
+                "batch_dead_lettered" if moved == len(lease.signals) else "subjects_dead_lettered",
+                subjects=moved,
+                kept=len(lease.signals) - moved,
                 causes=list(exc.causes)[:10],
                 hint="Okta rejected the payload: `forwarder dead-letters list` shows it; "
                 "fix the cause, then `forwarder dead-letters requeue`",
