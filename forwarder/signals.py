@@ -27,6 +27,7 @@ __all__ = [
     "format_ms",
     "parse_items",
     "parse_rfc3339_ms",
+    "refusal_reason",
     "sanitize_message",
     "send_deadline_ms",
     "sendable",
@@ -38,9 +39,11 @@ MAX_MESSAGE_CHARS = 512
 _NOT_ALLOWED = re.compile(r"[^a-zA-Z0-9 .\-_]+")
 #: A message that already fits: allowed characters, single spaces, no padding, <= 512.
 _PLAIN_MESSAGE = re.compile(r"(?=.{0,512}\Z)[a-zA-Z0-9.\-_]+(?: [a-zA-Z0-9.\-_]+)*", re.DOTALL)
-#: Canonical dotted-quad IPv4 (no leading zeros): already in normal form.
+#: Canonical dotted-quad IPv4 (no leading zeros): already in normal form. ``[0-9]``, never
+#: ``\d``: ``\d`` matches every Unicode digit ("198.51.100.\u0664"), which Okta refuses.
 _IPV4 = re.compile(
-    r"(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+    r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
+    r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 )
 _SPACES = re.compile(r" {2,}")
 #: Timestamps further ahead than this are refused: a future time would win coalescing forever.
@@ -115,7 +118,8 @@ def sanitize_message(text: str) -> str:
 
 def parse_rfc3339_ms(value: str) -> int:
     """Parse an RFC 3339 date-time with an explicit offset into epoch milliseconds."""
-    if len(value) < 20 or value[10] not in "Tt ":
+    # RFC 3339 digits are ASCII; never rely on a parser's idea of a digit.
+    if len(value) < 20 or value[10] not in "Tt " or not value.isascii():
         raise ValueError("must be an RFC 3339 date-time such as 2026-01-31T12:00:00Z")
     try:
         dt = datetime.fromisoformat(value.upper() if value.endswith("z") else value)
@@ -135,19 +139,34 @@ def format_ms(ms: int) -> str:
 
 
 def _parse_ip(value: object) -> str:
+    """The canonical ASCII text of an IPv4 or IPv6 address; IPv4-mapped IPv6 as IPv4.
+
+    ``::ffff:a.b.c.d`` is the IPv4 host ``a.b.c.d`` seen through a dual-stack socket:
+    both spellings must coalesce into one subject, so the mapped form becomes IPv4.
+    """
     if not isinstance(value, str):
         raise ValueError("must be a string holding an IPv4 or IPv6 address")
+    if not value.isascii():
+        # Only ASCII digits and hex: "１.2.3.4" or "198.51.100.\u0664" are not addresses
+        # Okta accepts, and one of them in a call gets the whole call refused.
+        raise ValueError(
+            f"{value[:64]!r} is not an IPv4 or IPv6 address (ASCII digits and letters only)"
+        )
     try:
         addr = ipaddress.ip_address(value.strip())
     except ValueError:
         raise ValueError(f"{value[:64]!r} is not an IPv4 or IPv6 address") from None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.scope_id:
-        raise ValueError("IPv6 zone ids (%...) are not accepted")
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.scope_id:
+            raise ValueError("IPv6 zone ids (%...) are not accepted")
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
     return str(addr)
 
 
 def _parse_level(value: object) -> RiskLevel:
-    if isinstance(value, str):
+    # ASCII only: str.upper() folds "hıgh" (dotless i) into "HIGH".
+    if isinstance(value, str) and value.isascii():
         level = _LEVELS.get(value.strip().upper())
         if level is not None:
             return level
@@ -263,6 +282,27 @@ def _expiry(raw: object, ts_ms: int, now_ms: int) -> int | None:
     if expires_ms > now_ms + MAX_EXPIRY_AHEAD_MS:
         raise ValueError("is more than a year ahead")
     return expires_ms
+
+
+def refusal_reason(signal: Signal, now_ms: int, *, max_age_ms: int = 86_400_000) -> str | None:
+    """Why ingest would refuse ``signal`` (as stored) if it arrived at ``now_ms``; None if not.
+
+    The signal is judged exactly as a detector item carrying its ip, level, message,
+    timestamp and expiry would be (``dead-letters requeue`` uses this to keep back what
+    ingest would refuse). The answer lists each problem as ``field: why``.
+    """
+    item: dict[str, Any] = {
+        "ip": signal.ip,
+        "riskLevel": signal.risk.name,
+        "message": signal.message,
+        "timestamp": format_ms(signal.ts_ms),
+    }
+    if signal.expires_ms is not None:
+        item["expiresAt"] = format_ms(signal.expires_ms)
+    _, problems = parse_items([item], now_ms=now_ms, providers=(), max_age_ms=max_age_ms)
+    if not problems:
+        return None
+    return "; ".join(f"{p.field}: {p.message}" for p in problems)
 
 
 def parse_items(
