@@ -39,7 +39,7 @@ from forwarder.errors import (
     StoreError,
 )
 from forwarder.ratelimit import CallBudget
-from forwarder.signals import RiskLevel, Signal
+from forwarder.signals import EXPIRY_MARGIN_MS, RiskLevel, Signal
 from forwarder.store.base import ProviderRecord, Store
 
 __all__ = ["DispatchObserver", "Dispatcher", "ProviderState", "Sender"]
@@ -108,7 +108,7 @@ class Dispatcher:
         linger_s: float = 2.0,
         pace_s: float | None = None,
         max_age_s: float = 86_400.0,
-        expiry_margin_s: float = 5.0,
+        expiry_margin_s: float = EXPIRY_MARGIN_MS / 1000,
         backoff_base_s: float = 1.0,
         backoff_max_s: float = 300.0,
         observer: DispatchObserver | None = None,

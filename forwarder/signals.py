@@ -21,6 +21,7 @@ __all__ = [
     "FIELDS",
     "MAX_EXPIRY_AHEAD_MS",
     "MAX_MESSAGE_CHARS",
+    "MIN_DELIVERY_MS",
     "Problem",
     "RiskLevel",
     "Signal",
@@ -54,6 +55,10 @@ MAX_EXPIRY_AHEAD_MS = 366 * 86_400_000
 #: A subject is never sent within this margin of its own expiry: a lease drops it instead
 #: (it would expire on the way, or be refused by an org whose clock runs ahead).
 EXPIRY_MARGIN_MS = 5_000
+#: Ingest accepts a signal only if it stays sendable at least this long after receipt:
+#: one Okta rate window (3 calls a minute), the longest a signal with nothing ahead of it
+#: waits for a call. So a 202 means "deliverable", not "expires before its first chance".
+MIN_DELIVERY_MS = 60_000
 
 FIELDS = ("ip", "riskLevel", "message", "timestamp", "expiresAt", "provider")
 
@@ -253,6 +258,12 @@ def sendable(
     return now_ms <= send_deadline_ms(signal, max_age_ms=max_age_ms, margin_ms=margin_ms)
 
 
+def _lead_ms(max_age_ms: int) -> int:
+    # With a (silly) max_age below two minimum delivery times, half of it still leaves
+    # room to accept a signal stamped "now".
+    return min(MIN_DELIVERY_MS, max_age_ms // 2)
+
+
 def _timestamp(raw: object, now_ms: int, max_age_ms: int) -> int:
     if raw is None:
         return now_ms
@@ -261,10 +272,12 @@ def _timestamp(raw: object, now_ms: int, max_age_ms: int) -> int:
     ts_ms = parse_rfc3339_ms(raw)
     if ts_ms > now_ms + MAX_FUTURE_SKEW_MS:
         raise ValueError("is more than 5 minutes in the future; check the clock")
-    if ts_ms < now_ms - max_age_ms:
+    lead_ms = _lead_ms(max_age_ms)
+    if ts_ms < now_ms - max_age_ms + lead_ms:
         # Accepting it would mean a 202 for a signal that is dropped, never sent.
         raise ValueError(
-            f"is older than max_age_s ({max_age_ms // 1000} s); it would never be sent"
+            f"is older than max_age_s ({max_age_ms // 1000} s) minus {lead_ms // 1000} s"
+            " to deliver it; it would expire before it could be sent"
         )
     return ts_ms
 
@@ -279,6 +292,14 @@ def _expiry(raw: object, ts_ms: int, now_ms: int) -> int | None:
         raise ValueError("must be after timestamp")
     if expires_ms <= now_ms:
         raise ValueError("is already in the past")
+    least_ms = EXPIRY_MARGIN_MS + MIN_DELIVERY_MS
+    if expires_ms <= now_ms + least_ms:
+        # The same rule as the lease's (send_deadline_ms): a 202 must be deliverable.
+        raise ValueError(
+            f"must be more than {least_ms // 1000} s in the future: a signal is never sent"
+            f" within {EXPIRY_MARGIN_MS // 1000} s of its expiry, and sending may take"
+            f" up to {MIN_DELIVERY_MS // 1000} s (one rate window)"
+        )
     if expires_ms > now_ms + MAX_EXPIRY_AHEAD_MS:
         raise ValueError("is more than a year ahead")
     return expires_ms

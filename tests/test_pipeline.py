@@ -337,15 +337,18 @@ async def test_rejected_subject_is_dead_lettered_alone(h: Harness) -> None:
 
 
 async def test_expired_signal_is_dropped_not_sent(h: Harness) -> None:
-    """A signal whose expiresAt passes while it waits for budget is never sent, and counted."""
+    """A signal whose expiresAt passes while it waits behind a backlog is never sent, and
+    counted."""
     cid = h.add_provider("acme")
     daemon = await h.start()
     await post_all(h, signals(ips(3000)))
     await h.until(lambda: len(h.delivered(cid)) >= 3000)
+    # The window is spent and 3,000 older signals wait: two windows before its turn.
     now_ms = int(h.clock.time() * 1000)
-    await post_all(h, signals(["192.0.2.77"], expiresAt=format_ms(now_ms + 10_000)))
+    await post_all(h, signals(ips(3000, offset=3000), timestamp=format_ms(now_ms - 1000)))
+    await post_all(h, signals(["192.0.2.77"], expiresAt=format_ms(now_ms + 70_000)))
     await post_all(h, signals(["192.0.2.78"]))
-    await h.until(lambda: len(h.delivered(cid)) >= 3001)
+    await h.until(lambda: len(h.delivered(cid)) >= 6001)
     assert "192.0.2.77" not in h.delivered(cid)
     expired = daemon.metrics.registry.get_sample_value(
         "forwarder_signals_expired_total", {"provider": "acme"}

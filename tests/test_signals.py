@@ -7,6 +7,8 @@ import re
 import pytest
 
 from forwarder.signals import (
+    EXPIRY_MARGIN_MS,
+    MIN_DELIVERY_MS,
     RiskLevel,
     Signal,
     format_ms,
@@ -14,6 +16,7 @@ from forwarder.signals import (
     parse_rfc3339_ms,
     refusal_reason,
     sanitize_message,
+    sendable,
 )
 
 NOW = 1_800_000_000_000
@@ -167,3 +170,17 @@ def test_refusal_reason_judges_a_stored_signal_like_ingest() -> None:
     too_old = refusal_reason(good, NOW + 86_400_000, max_age_ms=86_400_000)
     assert too_old is not None
     assert too_old.startswith("timestamp: ")
+
+
+def test_what_ingest_accepts_stays_sendable_for_one_delivery_time() -> None:
+    """The earliest expiry and oldest timestamp ingest takes are still leasable 60 s later."""
+    day = 86_400_000
+    items = [
+        {"ip": "203.0.113.7", "riskLevel": "LOW", "expiresAt": format_ms(NOW + 65_001)},
+        {"ip": "203.0.113.8", "riskLevel": "LOW", "timestamp": format_ms(NOW - day + 60_000)},
+    ]
+    signals, problems = parse_items(items, now_ms=NOW, providers=["a"], max_age_ms=day)
+    assert problems == []
+    for _, s in signals:
+        assert sendable(s, NOW + MIN_DELIVERY_MS, max_age_ms=day, margin_ms=EXPIRY_MARGIN_MS)
+        assert not sendable(s, NOW + MIN_DELIVERY_MS + 1, max_age_ms=day)
