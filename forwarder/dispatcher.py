@@ -63,6 +63,9 @@ class Sender(Protocol):
     ) -> Delivery:
         """Deliver one batch, awaiting ``spend()`` just before the call goes out.
 
+        ``spend()`` may raise (the daemon is stopping): the call must then not be made,
+        and the exception must propagate.
+
         Raises ``RetryableSendError``, ``PermanentSendError``, ``InvalidCredentials`` or
         ``AuthError``; returns only when the receiver accepted the whole batch. A
         ``PermanentSendError`` whose ``rejected`` names signals blames only those.
@@ -80,6 +83,10 @@ class DispatchObserver(Protocol):
     def retried(self, provider: str, reason: str) -> None: ...
 
     def dead_lettered(self, provider: str, count: int) -> None: ...
+
+
+class _Stopped(Exception):
+    """Raised by ``spend()`` when the daemon stopped before the call went out."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +191,7 @@ class Dispatcher:
                     await self._wait(wait, changed, stop)
                     continue
             try:
-                await self._attempt()
+                await self._attempt(stop)
             except Exception as exc:
                 # Store trouble (a full disk) or a bug: this provider backs off and
                 # retries; the daemon and the other providers carry on.
@@ -210,7 +217,7 @@ class Dispatcher:
 
     # -- one call --------------------------------------------------------------------
 
-    async def _attempt(self) -> None:
+    async def _attempt(self, stop: asyncio.Event) -> None:
         # Credentials first: a slow token request must not eat into leased signals'
         # expiry margin (a subject is never sent after its own expiry).
         try:
@@ -222,6 +229,10 @@ class Dispatcher:
         except AuthError as exc:
             self._backoff("token", str(exc))
             await self._persist_state()
+            return
+        if stop.is_set():
+            # Stopped while the token request was out: after SIGTERM only calls already
+            # on the wire may finish, so no new batch is leased or sent.
             return
         now = self._clock.time()
         lease = await self._store.lease(
@@ -240,6 +251,10 @@ class Dispatcher:
 
         async def spend() -> None:
             nonlocal spent_at, started
+            if stop.is_set():
+                # The last moment before a call goes out (the sender may have needed a
+                # new token after the lease): a stopping daemon starts no call.
+                raise _Stopped
             spent_at = self.budget.spend()
             await self._store.record_call(self.provider, spent_at)
             # The call's duration starts here, not before a token request it may need.
@@ -247,6 +262,9 @@ class Dispatcher:
 
         try:
             delivery = await self._sender.send(lease.signals, spend=spend)
+        except _Stopped:
+            await self._store.release(lease)
+            return
         except RetryableSendError as exc:
             await self._store.release(lease)
             self._after_call(spent_at, exc.outcome, started)
