@@ -39,7 +39,7 @@ from forwarder.okta.keys import KeyFileError, SigningKey, load_signing_key
 from forwarder.okta.tokens import TokenSource
 from forwarder.ratelimit import CallBudget
 from forwarder.signals import RiskLevel, format_ms
-from forwarder.store.sqlite import SqliteStore
+from forwarder.store import StoreBackend, open_store
 from forwarder.telemetry import BudgetView, Metrics, drain_estimate_s, health_app
 
 __all__ = ["Daemon", "run_until_signalled"]
@@ -86,7 +86,7 @@ class Daemon:
         self.ingest_url = ""
         self.metrics_url = ""
         self.dispatchers: dict[str, Dispatcher] = {}
-        self.store: SqliteStore | None = None
+        self.store: StoreBackend | None = None
         self._ingest: IngestApi | None = None
         self._oldest: dict[str, Mapping[RiskLevel, int]] = {}
         self._log = structlog.get_logger("forwarder")
@@ -118,11 +118,12 @@ class Daemon:
         self,
         p: ProviderSettings,
         key: SigningKey,
-        store: SqliteStore,
+        store: StoreBackend,
         session: aiohttp.ClientSession,
     ) -> Dispatcher:
         d = self.settings.dispatch
-        history = await store.recent_calls(p.name, self.clock.time() - p.window_s - 5)
+        since_ms = int((self.clock.time() - p.window_s - 5) * 1000)
+        history = [at_ms / 1000 for at_ms in await store.recent_calls(p.name, since_ms)]
         tokens = TokenSource(
             session=session,
             org_url=p.org_url,
@@ -149,6 +150,7 @@ class Daemon:
             store=store,
             sender=sender,
             budget=budget,
+            calls=store,
             clock=self.clock,
             linger_s=d.linger_s,
             max_age_s=d.max_age_s,
@@ -170,8 +172,12 @@ class Daemon:
         store_path = resolve_path(self.base, s.store.path)
         connector = aiohttp.TCPConnector(limit_per_host=4)
         async with (
-            SqliteStore(
-                store_path, max_pending=s.store.max_pending, observer=self.metrics
+            open_store(
+                s.store,
+                base=self.base,
+                providers=names,
+                max_age_ms=int(s.dispatch.max_age_s * 1000),
+                observer=self.metrics,
             ) as store,
             aiohttp.ClientSession(connector=connector, trust_env=True) as session,
         ):
@@ -323,7 +329,7 @@ class Daemon:
             # forwarder_ready recovers on a scrape too, where nothing polls /readyz.
             await self.store.probe_writable()
         try:
-            await self.store.refresh_dead_letter_counts()
+            await self.store.refresh()
         except StoreError as exc:
             self._log.warning("metrics_refresh_failed", error=str(exc))
         for name in self.dispatchers:

@@ -55,7 +55,7 @@ class StoreError(ForwarderError):
 
 
 class StoreFull(StoreError):
-    """``max_pending`` distinct (provider, ip) pairs are waiting."""
+    """``max_pending`` entries are stored (after ageing out what is past ``max_age_s``)."""
 
 
 class AuthError(ForwarderError):

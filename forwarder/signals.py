@@ -335,6 +335,8 @@ def parse_items(
 ) -> tuple[list[tuple[tuple[str, ...], Signal]], list[Problem]]:
     """Validate detector items; return (signals with their target providers, problems).
 
+    A signal without ``provider`` has no targets (an empty tuple): it is a broadcast.
+
     When ``problems`` is non-empty the caller must store nothing of the request.
     The common case (canonical IPv4, upper-case level, plain message, no times) takes a
     fast path; anything else is parsed fully, and any item that fails is re-examined by
@@ -342,7 +344,7 @@ def parse_items(
     """
     out: list[tuple[tuple[str, ...], Signal]] = []
     problems: list[Problem] = []
-    everyone = tuple(providers)
+    everyone: tuple[str, ...] = ()  # no targets: a broadcast, stored once for every provider
     known = frozenset(providers)
     fields = _FIELD_SET
     for index, item in enumerate(items):

@@ -63,6 +63,7 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
         dispatcher = Dispatcher(
             provider="p",
             store=store,
+            calls=store,
             sender=sender,
             budget=CallBudget(calls=600, window_s=60, clock=clock),
             clock=clock,
@@ -160,7 +161,13 @@ async def _stop_during_token_request(tmp_path: Path, *, gate_in_send: bool) -> N
     async with SqliteStore(tmp_path / "f.db") as store:
         budget = CallBudget(calls=3, window_s=60, clock=clock)
         dispatcher = Dispatcher(
-            provider="p", store=store, sender=sender, budget=budget, clock=clock, linger_s=0
+            provider="p",
+            store=store,
+            sender=sender,
+            budget=budget,
+            calls=store,
+            clock=clock,
+            linger_s=0,
         )
         await store.add([(["p"], sig(i)) for i in range(3)])
         stop = asyncio.Event()

@@ -40,7 +40,7 @@ class Api:
 
 @pytest.fixture
 async def api(tmp_path: Path) -> AsyncIterator[Api]:
-    async with SqliteStore(tmp_path / "f.db", max_pending=50) as store:
+    async with SqliteStore(tmp_path / "f.db", max_pending=50, providers=["a", "b"]) as store:
         ingest = IngestApi(
             store=store,
             providers=["a", "b"],
@@ -78,7 +78,16 @@ async def test_single_object_and_ndjson(api: Api) -> None:
     nd = b'{"ip": "192.0.2.2", "riskLevel": "LOW"}\n\n{"ip": "192.0.2.3", "riskLevel": "LOW"}\n'
     status, body, _ = await api.post(nd, ctype="application/x-ndjson")
     assert (status, body) == (202, {"accepted": 2})
-    assert api.store.pending_total() == 6
+    # Broadcast signals are stored once, and pending for each provider.
+    assert api.store.pending_total() == 3
+    assert (
+        api.store.pending_counts("a")
+        == api.store.pending_counts("b")
+        == {
+            RiskLevel.MEDIUM: 1,
+            RiskLevel.LOW: 2,
+        }
+    )
 
 
 async def test_bad_items_are_all_named_and_nothing_stored(api: Api) -> None:

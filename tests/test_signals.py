@@ -50,7 +50,7 @@ def test_valid_items_are_normalised() -> None:
     )
     assert problems == []
     (targets0, s0), (targets1, s1) = signals
-    assert (s0.ip, s0.risk, s0.ts_ms, targets0) == ("2001:db8::1", RiskLevel.HIGH, NOW, ("a", "b"))
+    assert (s0.ip, s0.risk, s0.ts_ms, targets0) == ("2001:db8::1", RiskLevel.HIGH, NOW, ())
     assert (s1.ip, s1.risk, targets1) == ("203.0.113.7", RiskLevel.LOW, ("b",))
 
 

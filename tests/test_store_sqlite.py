@@ -127,13 +127,13 @@ async def test_state_survives_reopen(tmp_path: Path) -> None:
     async with SqliteStore(path) as s:
         await s.add([(["p"], sig(f"192.0.2.{i}", RiskLevel.HIGH)) for i in range(5)])
         lease = await s.lease("p", limit=2, now_ms=NOW, max_age_ms=DAY, expiry_margin_ms=0)
-        await s.dead_letter(lease, reason="400", causes=["E0000001: bad"], at=2000.0)
+        await s.dead_letter(lease, reason="400", causes=["E0000001: bad"], at_ms=2_000_000)
         await s.lease("p", limit=2, now_ms=NOW, max_age_ms=DAY, expiry_margin_ms=0)
-        await s.record_call("p", 1000.5)
+        await s.record_call("p", 1_000_500)
     async with SqliteStore(path) as s:
         assert s.pending_counts("p") == {RiskLevel.HIGH: 3}
         assert s.dead_letter_count("p") == 2
-        assert await s.recent_calls("p", 1000.0) == [1000.5]
+        assert await s.recent_calls("p", 1_000_000) == [1_000_500]
         lease = await s.lease("p", limit=10, now_ms=NOW, max_age_ms=DAY, expiry_margin_ms=0)
         assert len(lease.signals) == 3
         (dl, _) = await s.dead_letters("p")
@@ -224,7 +224,7 @@ async def test_dead_letter_some_moves_named_subjects_and_releases_the_rest(
         lease,
         {"192.0.2.1": ["events[0].subjects[1].ip: bad"], "192.0.2.9": ["not in lease"]},
         reason="Okta rejected 1 subject (400)",
-        at=2000.0,
+        at_ms=2_000_000,
     )
     assert moved == 1
     assert store.dead_letter_count("p") == 1

@@ -1,0 +1,39 @@
+"""The backends the contract suite runs against: add one line to ``BACKENDS``.
+
+A backend factory gets the pytest request (for fixtures of its own, e.g. a server) and a
+fresh directory, and returns an :class:`Opener`: ``opener(**kwargs)`` builds a new store
+object over the *same* storage each time it is called, so a test can close the store and
+open it again (a restart). ``kwargs`` are ``providers``, ``max_pending``, ``max_age_ms``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from forwarder.store import StoreBackend
+from forwarder.store.sqlite import SqliteStore
+
+Opener = Callable[..., StoreBackend]
+
+
+def sqlite_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
+    path = tmp_path / "contract.db"
+    return lambda **kwargs: SqliteStore(path, **kwargs)
+
+
+#: name -> factory. The PostgreSQL backend adds itself here.
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], Opener]] = {
+    "sqlite": sqlite_backend,
+}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
+    """Opens stores of one backend over one fresh storage."""
+    factory: Any = BACKENDS[request.param]
+    result: Opener = factory(request, tmp_path)
+    return result
