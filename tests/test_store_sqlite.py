@@ -175,15 +175,29 @@ async def test_coalescing_within_one_commit(store: SqliteStore) -> None:
 
 
 async def test_large_expired_backlog_is_purged_in_slices(store: SqliteStore) -> None:
-    """6,000 expired rows ahead of fresh ones: purged 5,000 per lease, fresh ones then sent."""
+    """6,000 entries past expiresAt ahead of fresh ones: 5,000 dropped per lease, then sent."""
     store.max_pending = 10_000
-    old = NOW - DAY - 1
-    await store.add([(["p"], sig(f"198.18.{i // 256}.{i % 256}", ts=old)) for i in range(6000)])
+    expired = [
+        (["p"], sig(f"198.18.{i // 256}.{i % 256}", ts=NOW - 1000, exp=NOW - 1))
+        for i in range(6000)
+    ]
+    await store.add(expired)
     await store.add([(["p"], sig(f"192.0.2.{i}")) for i in range(10)])
     first = await lease_all(store)
     assert (len(first.signals), first.expired) == (0, 5000)
     second = await lease_all(store)
     assert (len(second.signals), second.expired) == (10, 1000)
+    assert store.pending_total() == 10
+
+
+async def test_aged_backlog_goes_in_the_first_lease_sweep(store: SqliteStore) -> None:
+    """Entries past max age are swept (counted for the provider) before the first lease."""
+    store.max_pending = 10_000
+    old = NOW - DAY - 1
+    await store.add([(["p"], sig(f"198.18.{i // 256}.{i % 256}", ts=old)) for i in range(6000)])
+    await store.add([(["p"], sig(f"192.0.2.{i}")) for i in range(10)])
+    first = await lease_all(store)
+    assert (len(first.signals), first.expired) == (10, 6000)
     assert store.pending_total() == 10
 
 
