@@ -89,7 +89,7 @@ def storage_floor(
         db.execute("BEGIN IMMEDIATE")
         # The very statement the store runs for every group commit (broadcast signals,
         # as the intake scenario sends them).
-        seq = upsert_rows(db, batch, (), first_seq=seq)
+        seq = upsert_rows(db, batch, first_seq=seq)
         db.execute("COMMIT")
         spent += time.perf_counter() - started
         rows += rows_per_txn

@@ -1,13 +1,15 @@
 """The backends the contract suite runs against: add one line to ``BACKENDS``.
 
 A backend factory gets the pytest request (for fixtures of its own, e.g. a server) and a
-fresh directory, and returns an :class:`Opener`: ``opener(**kwargs)`` builds a new store
-object over the *same* storage each time it is called, so a test can close the store and
-open it again (a restart). ``kwargs`` are ``providers``, ``max_pending``, ``max_age_ms``.
+fresh, empty directory, and returns an :class:`Opener` over a new, empty storage (a file,
+a database): ``opener(**kwargs)`` builds a new store object over that *same* storage
+each time it is called, so a test can close the store and open it again (a restart).
+``kwargs`` are ``providers``, ``max_pending``, ``max_age_ms``.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,8 +34,21 @@ BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], Opener]] = {
 
 
 @pytest.fixture(params=sorted(BACKENDS))
-def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
-    """Opens stores of one backend over one fresh storage."""
+def new_storage(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Opener]:
+    """Makes fresh storages of one backend (one per hypothesis example, say)."""
     factory: Any = BACKENDS[request.param]
-    result: Opener = factory(request, tmp_path)
-    return result
+    counter = itertools.count()
+
+    def new() -> Opener:
+        directory = tmp_path / f"storage-{next(counter)}"
+        directory.mkdir()
+        result: Opener = factory(request, directory)
+        return result
+
+    return new
+
+
+@pytest.fixture
+def opener(new_storage: Callable[[], Opener]) -> Opener:
+    """Opens stores of one backend over one fresh storage."""
+    return new_storage()

@@ -99,9 +99,11 @@ __all__ = ["CALL_LOG_KEEP_MS", "SqliteReader", "SqliteStore", "upsert_rows"]
 T = TypeVar("T")
 
 _GROUP_MAX_ROWS = 20_000
+_BROADCAST_LEN = 6
 #: Leases trigger a sweep of aged entries at most this often (of their callers' time).
 _SWEEP_EVERY_MS = 60_000
-_Batch = tuple[list[BroadcastRow], list[TargetedRow]]
+#: One request's rows in its order: broadcast (6-tuples) and targeted (7-tuples).
+_Batch = list[BroadcastRow | TargetedRow]
 
 
 class SqliteStore:
@@ -254,9 +256,10 @@ class SqliteStore:
     def _refresh(self) -> None:
         db = self._db
         st = self._st
-        exact = broadcast_pending(db, st.cursors, st.done)
         queue.read_counts(db, st)
-        for provider, levels in exact.items():
+        # Exact broadcast backlogs; an ip with both a targeted and a broadcast entry still
+        # counts twice here until a lease resolves it (the estimate never undercounts).
+        for provider, levels in broadcast_pending(db, st.cursors, st.done).items():
             st.resync(provider, levels)
         self._dead = defaultdict(int, dead_letter_counts(db))
 
@@ -283,23 +286,20 @@ class SqliteStore:
             waiting = self.pending_total() + self._queued_rows
         if waiting >= self.max_pending:
             raise StoreFull(f"{waiting} signals are waiting (max_pending={self.max_pending})")
-        broadcast: list[BroadcastRow] = []
-        targeted: list[TargetedRow] = []
+        rows: _Batch = []
         for providers, s in items:
             if not providers:
-                broadcast.append(
-                    (s.ip, int(s.risk), s.message, s.ts_ms, s.expires_ms, s.received_ms)
-                )
+                rows.append((s.ip, int(s.risk), s.message, s.ts_ms, s.expires_ms, s.received_ms))
             else:
-                targeted.extend(
+                rows.extend(
                     (p, s.ip, int(s.risk), s.message, s.ts_ms, s.expires_ms, s.received_ms)
                     for p in providers
                 )
-        if not broadcast and not targeted:
+        if not rows:
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append(((broadcast, targeted), fut))
-        self._queued_rows += len(broadcast) + len(targeted)
+        self._queue.append((rows, fut))
+        self._queued_rows += len(rows)
         self._wake.set()
         await fut
 
@@ -313,12 +313,11 @@ class SqliteStore:
                 while self._queue and (not group or n < _GROUP_MAX_ROWS):
                     batch, fut = self._queue.pop(0)
                     group.append((batch, fut))
-                    n += len(batch[0]) + len(batch[1])
+                    n += len(batch)
                 self._queued_rows -= n
-                broadcast = [r for (b, _), _ in group for r in b]
-                targeted = [r for (_, t), _ in group for r in t]
+                rows = [r for batch, _ in group for r in batch]
                 try:
-                    stored = await self._run(self._tx, self._commit, broadcast, targeted)
+                    stored = await self._run(self._tx, self._commit, rows)
                 except Exception as exc:
                     self._write_ok = False
                     error = exc if isinstance(exc, StoreError) else StoreError(str(exc))
@@ -330,30 +329,30 @@ class SqliteStore:
                 for _, fut in group:
                     if not fut.done():
                         fut.set_result(None)
-                self._after_commit(broadcast, targeted, stored)
+                self._after_commit(rows, stored)
 
-    def _commit(
-        self, db: sqlite3.Connection, broadcast: list[BroadcastRow], targeted: list[TargetedRow]
-    ) -> dict[str, int]:
+    def _commit(self, db: sqlite3.Connection, rows: _Batch) -> dict[str, int]:
         st = self._st
         before = {p: sum(levels.values()) for p, levels in st.stored.items()}
-        st.last_seq = upsert_rows(db, broadcast, targeted, first_seq=st.last_seq + 1) - 1
+        st.last_seq = upsert_rows(db, rows, first_seq=st.last_seq + 1) - 1
         queue.read_counts(db, st)
         return {p: sum(levels.values()) - before.get(p, 0) for p, levels in st.stored.items()}
 
-    def _after_commit(
-        self, broadcast: list[BroadcastRow], targeted: list[TargetedRow], new_rows: dict[str, int]
-    ) -> None:
+    def _after_commit(self, rows: _Batch, new_rows: dict[str, int]) -> None:
         per_provider: dict[str, int] = defaultdict(int)
-        for row in targeted:
-            per_provider[row[0]] += 1
+        broadcast = 0
+        for row in rows:
+            if len(row) == _BROADCAST_LEN:
+                broadcast += 1
+            else:
+                per_provider[str(row[0])] += 1
         if self._observer is not None:
             if broadcast:
                 # A coalesced broadcast saves a send for every provider: counted for each
                 # (once per commit, and only when some signal was coalesced).
                 stored_b = new_rows.get("", 0)
-                for provider in self._st.cursors if stored_b < len(broadcast) else ():
-                    self._observer.signals_stored(provider, len(broadcast), stored_b)
+                for provider in self._st.cursors if stored_b < broadcast else ():
+                    self._observer.signals_stored(provider, broadcast, stored_b)
             for provider, signals in per_provider.items():
                 self._observer.signals_stored(provider, signals, new_rows.get(provider, 0))
         if broadcast:

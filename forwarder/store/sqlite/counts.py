@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Mapping, Set
 
-__all__ = ["LEVELS", "broadcast_pending", "oldest_pending"]
+__all__ = ["LEVELS", "broadcast_pending", "exact_pending", "oldest_pending", "overlap"]
 
 #: Risk levels as stored, highest first (the lease order).
 LEVELS = (3, 2, 1)
@@ -43,6 +43,8 @@ def broadcast_pending(
             above[point] = running
             upper = point
         for provider, cursor in cursors.items():
+            if not above[cursor[level]]:
+                continue
             settled = sum(
                 1
                 for lvl, seq in done.get(provider, ())
@@ -81,4 +83,82 @@ def oldest_pending(
             times.append(int(row[0]))
         if times:
             out[level] = min(times)
+    return out
+
+
+def overlap(
+    db: sqlite3.Connection,
+    provider: str,
+    cursor: Mapping[int, int],
+    done: Set[tuple[int, int]],
+    *,
+    broadcast: int,
+    targeted: int,
+) -> dict[int, int]:
+    """Ips ``provider`` has both a targeted and a pending broadcast entry for, by the level
+    of the one that loses (it is never sent): subtract these for an exact count.
+
+    Walks the smaller side and looks each ip up in the other (a primary-key read).
+    """
+    out: dict[int, int] = {}
+    if not broadcast or not targeted:
+        return out
+    pairs: list[tuple[int, int, int, int, int, int]] = []  # (b risk, b ts, b seq, t ...)
+    if targeted <= broadcast:
+        for ip, t_risk, t_ts in db.execute(
+            "SELECT ip, risk, ts_ms FROM targeted WHERE provider = ?", (provider,)
+        ).fetchall():
+            row = db.execute("SELECT risk, ts_ms, seq FROM signals WHERE ip = ?", (ip,)).fetchone()
+            if row is not None:
+                pairs.append((*row, t_risk, t_ts, 0))
+    else:
+        for level in LEVELS:
+            for ip, ts, seq in db.execute(
+                "SELECT ip, ts_ms, seq FROM signals WHERE risk = ? AND seq > ?",
+                (level, cursor[level]),
+            ).fetchall():
+                row = db.execute(
+                    "SELECT risk, ts_ms FROM targeted WHERE provider = ? AND ip = ?",
+                    (provider, ip),
+                ).fetchone()
+                if row is not None:
+                    pairs.append((level, ts, seq, row[0], row[1], 0))
+    for b_risk, b_ts, b_seq, t_risk, t_ts, _ in pairs:
+        if b_seq <= cursor[b_risk] or (b_risk, b_seq) in done:
+            continue
+        t_wins = t_ts > b_ts or (t_ts == b_ts and t_risk > b_risk)
+        loser = b_risk if t_wins else t_risk
+        out[loser] = out.get(loser, 0) + 1
+    return out
+
+
+def exact_pending(
+    db: sqlite3.Connection,
+    cursors: Mapping[str, Mapping[int, int]],
+    done: Mapping[str, Set[tuple[int, int]]],
+    targeted: Mapping[str, Mapping[int, int]],
+) -> dict[str, dict[int, int]]:
+    """What each provider has still to send, by level: broadcast + targeted, each ip once."""
+    out = broadcast_pending(db, cursors, done)
+    for provider, levels in targeted.items():
+        mine = out.setdefault(provider, {})
+        cursor = cursors.get(provider)
+        both = (
+            overlap(
+                db,
+                provider,
+                cursor,
+                done.get(provider, set()),
+                broadcast=sum(mine.values()),
+                targeted=sum(levels.values()),
+            )
+            if cursor is not None
+            else {}
+        )
+        for level in LEVELS:
+            n = mine.get(level, 0) + levels.get(level, 0) - both.get(level, 0)
+            if n > 0:
+                mine[level] = n
+            else:
+                mine.pop(level, None)
     return out

@@ -84,8 +84,8 @@ class QueueState:
         for level in LEVELS:
             n = targeted.get(level, 0)
             if base is not None:
-                n += max(0, base.get(level, 0) + self.added.get(level, 0) - mark.get(level, 0))
-            if n:
+                n += base.get(level, 0) + self.added.get(level, 0) - mark.get(level, 0)
+            if n > 0:
                 out[RiskLevel(level)] = n
         return out
 
@@ -157,9 +157,11 @@ def _pages(
         after = rows[-1][5]
 
 
-def _newer(a_ts: int, a_risk: int, b_ts: int, b_risk: int) -> bool:
-    """Okta's coalescing rule: the newest observation wins; on a tie the higher risk."""
-    return a_ts > b_ts or (a_ts == b_ts and a_risk > b_risk)
+def _beats(a_ts: int, a_risk: int, a_seq: int, b_ts: int, b_risk: int, b_seq: int) -> bool:
+    """Okta's coalescing rule: the newest observation wins; on a tie the higher risk; on
+    a full tie the one stored first (as within one table, an equal version replaces
+    nothing)."""
+    return (a_ts, a_risk, -a_seq) > (b_ts, b_risk, -b_seq)
 
 
 def lease(
@@ -184,7 +186,9 @@ def lease(
     cursor = st.cursors.get(provider)
     done = st.done.setdefault(provider, set())
     has_targeted = any(st.stored.get(provider, {}).values())
-    settled: set[int] = set()
+    # Entries settled out of order wait for the cursor; the entry that held it back may
+    # have been replaced (moved to a newer number) since: try again.
+    settled: set[int] = {level for level, _ in done}
     base = st.base.get(provider)
     visited: dict[int, int] = {}
     complete: list[int] = []
@@ -205,6 +209,7 @@ def lease(
             if ip in inflight:
                 pending_seen += kind == BROADCAST
                 continue
+            # signals.sendable(): not older than max age, not within the margin of expiry.
             if ts_ms < too_old or (expires_ms is not None and expires_ms <= expiry_floor):
                 expired += 1
                 if kind == BROADCAST:
@@ -217,7 +222,7 @@ def lease(
                 other = db.execute(_T_ONE, (provider, ip)).fetchone()
                 if other is not None:
                     t_risk, t_ts, t_seq = other
-                    if _newer(t_ts, t_risk, ts_ms, level):
+                    if _beats(t_ts, t_risk, t_seq, ts_ms, level, seq):
                         # This provider's own, newer observation is sent instead.
                         _settle_one(st, provider, level, seq, live=True)
                         settled.add(level)
@@ -228,7 +233,7 @@ def lease(
                 if other is not None:
                     b_risk, b_ts, b_seq = other
                     b_pending = b_seq > cursor[b_risk] and (b_risk, b_seq) not in done
-                    if _newer(b_ts, b_risk, ts_ms, level):
+                    if _beats(b_ts, b_risk, b_seq, ts_ms, level, seq):
                         # The broadcast is newer: sent (or already sent) instead of this one.
                         db.execute(_T_DELETE, (provider, ip, seq))
                         continue
@@ -361,30 +366,43 @@ def settle(
             )
         }
     levels: set[int] = set()
+    has_targeted = any(st.stored.get(provider, {}).values())
+    removed = 0
     for item in broadcast:
-        _settle_one(st, provider, item.risk, item.seq, live=(item.ip, item.seq) in live)
+        current = (item.ip, item.seq) in live
+        _settle_one(st, provider, item.risk, item.seq, live=current)
         levels.add(item.risk)
+        if has_targeted:
+            other = db.execute(_T_ONE, (provider, item.ip)).fetchone()
+            if other is not None:
+                t_risk, t_ts, t_seq = other
+                if _beats(t_ts, t_risk, t_seq, item.ts_ms, item.risk, item.seq):
+                    # A newer targeted observation stored meanwhile is now this
+                    # provider's version.
+                    current = False
+                else:
+                    # This provider has just been sent news as new as that one.
+                    db.execute(_T_DELETE, (provider, item.ip, t_seq))
+        removed += current
     targeted = [i for i in chosen if i.kind == TARGETED]
-    removed = len(live)
-    if targeted:
-        removed += db.executemany(_T_DELETE, [(provider, i.ip, i.seq) for i in targeted]).rowcount
-        cursor = st.cursors.get(provider)
-        if cursor is not None:
-            done = st.done.setdefault(provider, set())
-            for item in targeted:
-                # A broadcast stored while this was in flight but observed earlier
-                # is older news for this provider: never sent after the newer one.
-                other = db.execute(_B_ONE, (item.ip,)).fetchone()
-                if other is None:
-                    continue
-                b_risk, b_ts, b_seq = other
-                if (
-                    b_seq > cursor[b_risk]
-                    and (b_risk, b_seq) not in done
-                    and not _newer(b_ts, b_risk, item.ts_ms, item.risk)
-                ):
+    cursor = st.cursors.get(provider)
+    done = st.done.setdefault(provider, set())
+    for item in targeted:
+        current = db.execute(_T_DELETE, (provider, item.ip, item.seq)).rowcount > 0
+        other = db.execute(_B_ONE, (item.ip,)).fetchone() if cursor is not None else None
+        if cursor is not None and other is not None:
+            b_risk, b_ts, b_seq = other
+            if b_seq > cursor[b_risk] and (b_risk, b_seq) not in done:
+                if _beats(b_ts, b_risk, b_seq, item.ts_ms, item.risk, item.seq):
+                    # A newer broadcast stored meanwhile is now this provider's version.
+                    current = False
+                else:
+                    # Stored while this was in flight but observed earlier: older news
+                    # for this provider, never sent after the newer one.
                     _settle_one(st, provider, b_risk, b_seq, live=True)
                     levels.add(b_risk)
+        removed += current
+    levels |= {level for level, _ in done}
     if levels:
         _advance(db, st, provider, levels)
     return removed
@@ -407,9 +425,12 @@ def sweep(
     Returns, per provider, how many it never sent, and whether more remain.
     """
     expired: dict[str, int] = defaultdict(int)
-    rows = db.execute(
+    # What is on the wire is not aged out under it: its lease settles it.
+    busy = {ip for held in st.inflight.values() for ip in held}
+    found = db.execute(
         "SELECT ip, risk, seq FROM signals WHERE ts_ms < ? LIMIT ?", (cutoff_ms, batch)
     ).fetchall()
+    rows = [r for r in found if r[0] not in busy]
     if rows:
         by_level: dict[int, list[int]] = defaultdict(list)
         for _, risk, seq in rows:
@@ -432,10 +453,16 @@ def sweep(
                 gone = {(lvl, seq) for lvl, seqs in by_level.items() for seq in seqs}
                 done -= gone
         db.executemany("DELETE FROM signals WHERE ip = ?", [(ip,) for ip, _, _ in rows])
-    old = db.execute(
+    found_t = db.execute(
         "SELECT provider, ip FROM targeted WHERE ts_ms < ? LIMIT ?", (cutoff_ms, batch)
     ).fetchall()
+    old = [(p, ip) for p, ip in found_t if ip not in st.inflight.get(p, {})]
     for provider, _ in old:
         expired[provider] += 1
     db.executemany("DELETE FROM targeted WHERE provider = ? AND ip = ?", old)
-    return dict(expired), len(rows) == batch or len(old) == batch
+    # Another slice only if this one made progress and was full.
+    for provider, settled in st.done.items():
+        if settled:  # a cursor held back by an entry replaced since (see lease)
+            _advance(db, st, provider, {level for level, _ in settled})
+    more = (len(found) == batch and bool(rows)) or (len(found_t) == batch and bool(old))
+    return dict(expired), more

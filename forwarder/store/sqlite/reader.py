@@ -19,7 +19,7 @@ from typing import TypeVar
 from forwarder.errors import StoreError
 from forwarder.signals import RiskLevel, Signal
 from forwarder.store.base import DeadLetter, ProviderRecord, ProviderSummary
-from forwarder.store.sqlite.counts import broadcast_pending, oldest_pending
+from forwarder.store.sqlite.counts import exact_pending, oldest_pending
 from forwarder.store.sqlite.schema import transaction
 
 __all__ = [
@@ -122,12 +122,12 @@ def read_summaries(
     done: dict[str, set[tuple[int, int]]] = defaultdict(set)
     for provider, risk, seq in db.execute("SELECT provider, risk, seq FROM done"):
         done[provider].add((risk, seq))
-    pending = broadcast_pending(db, cursors, done)
+    targeted: dict[str, dict[int, int]] = defaultdict(dict)
     for provider, risk, n in db.execute(
         "SELECT provider, risk, n FROM counts WHERE n > 0 AND provider != ''"
     ):
-        levels = pending.setdefault(provider, {})
-        levels[risk] = levels.get(risk, 0) + n
+        targeted[provider][risk] = n
+    pending = exact_pending(db, cursors, done, targeted)
     dead = dead_letter_counts(db)
     records = _records(db)
     names = list(dict.fromkeys(providers))

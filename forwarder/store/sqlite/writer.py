@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Sequence
-from operator import itemgetter
 from typing import Any
 
 __all__ = ["BroadcastRow", "TargetedRow", "upsert_rows"]
@@ -17,6 +16,7 @@ __all__ = ["BroadcastRow", "TargetedRow", "upsert_rows"]
 BroadcastRow = tuple[str, int, str, int, int | None, int]
 #: (provider, ip, risk, message, ts_ms, expires_ms, received_ms)
 TargetedRow = tuple[str, str, int, str, int, int | None, int]
+_BROADCAST_LEN = 6
 
 # Okta's rule for a coalesced IP: the newest observation wins; on a tie the higher risk.
 # The winner takes a new sequence number, so it is pending again for every provider and
@@ -26,12 +26,12 @@ TargetedRow = tuple[str, str, int, str, int, int | None, int]
 # itself. executemany() drops and retakes the GIL around every row, and a writer
 # thread competing with a busy event loop then waits milliseconds for each one
 # (measured: 84-92k -> 140-148k signals/s on 1000-signal requests, docs/benchmarks.md).
-# Sequence numbers are ?1 + the row's index in the array, unless the row carries one.
+# Each row carries its sequence number last.
 _BROADCAST = """
 INSERT INTO signals (ip, risk, message, ts_ms, expires_ms, received_ms, seq)
 SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5,
-    coalesce(value->>6, ?1 + key)
-FROM json_each(?2) WHERE true
+    value->>6
+FROM json_each(?2) WHERE ?1 IS NOT NULL
 ON CONFLICT (ip) DO UPDATE SET
     risk = excluded.risk, message = excluded.message, ts_ms = excluded.ts_ms,
     expires_ms = excluded.expires_ms, received_ms = excluded.received_ms, seq = excluded.seq
@@ -41,8 +41,8 @@ WHERE excluded.ts_ms > signals.ts_ms
 _TARGETED = """
 INSERT INTO targeted (provider, ip, risk, message, ts_ms, expires_ms, received_ms, seq)
 SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6,
-    coalesce(value->>7, ?1 + key)
-FROM json_each(?2) WHERE true
+    value->>7
+FROM json_each(?2) WHERE ?1 IS NOT NULL
 ON CONFLICT (provider, ip) DO UPDATE SET
     risk = excluded.risk, message = excluded.message, ts_ms = excluded.ts_ms,
     expires_ms = excluded.expires_ms, received_ms = excluded.received_ms, seq = excluded.seq
@@ -51,41 +51,27 @@ WHERE excluded.ts_ms > targeted.ts_ms
 """
 
 
-def _in_time_order(rows: list[Any], ts: int) -> None:
-    # Sequence numbers follow observation time within a commit ("oldest first");
-    # requests are nearly always in order already, so check before sorting.
-    if any(rows[i][ts] > rows[i + 1][ts] for i in range(len(rows) - 1)):
-        rows.sort(key=itemgetter(ts))
-
-
 def upsert_rows(
-    db: sqlite3.Connection,
-    broadcast: Sequence[BroadcastRow],
-    targeted: Sequence[TargetedRow],
-    *,
-    first_seq: int,
+    db: sqlite3.Connection, rows: Sequence[BroadcastRow | TargetedRow], *, first_seq: int
 ) -> int:
-    """Coalescing upserts; sequence numbers from ``first_seq``; return the next free one.
+    """Coalescing upserts of broadcast (6-tuple) and targeted (7-tuple) rows.
 
-    The benchmark's storage floor calls this too, so "the same upserts done directly"
-    stays true.
+    Rows are numbered from ``first_seq`` in observation time order, ties in the order
+    given (the order requests arrived); returns the next free number. The benchmark's
+    storage floor calls this too, so "the same upserts done directly" stays true.
     """
-    b: list[Any] = list(broadcast)
-    t: list[Any] = list(targeted)
-    if b and t:
-        # Both kinds in one commit: number them together in observation time order.
-        order = sorted(
-            [(r[3], 0, i) for i, r in enumerate(b)] + [(r[4], 1, i) for i, r in enumerate(t)]
-        )
-        rows = (b, t)
-        for offset, (_, kind, i) in enumerate(order):
-            rows[kind][i] = (*rows[kind][i], first_seq + offset)
-    else:
-        _in_time_order(b, 3)
-        _in_time_order(t, 4)
-    if b:
-        db.execute(_BROADCAST, (first_seq, json.dumps(b)))
-    if t:
-        # (rows that carry their own number ignore ?1)
-        db.execute(_TARGETED, (first_seq + len(b), json.dumps(t)))
-    return first_seq + len(b) + len(t)
+    ordered = list(rows)
+    # Requests are nearly always in time order already: check before sorting (stable).
+    times: list[int] = [r[3] if len(r) == _BROADCAST_LEN else r[4] for r in ordered]  # type: ignore[misc]
+    if any(times[i] > times[i + 1] for i in range(len(times) - 1)):
+        order = sorted(range(len(ordered)), key=times.__getitem__)
+        ordered = [ordered[i] for i in order]
+    broadcast: list[Any] = []
+    targeted: list[Any] = []
+    for seq, row in enumerate(ordered, start=first_seq):
+        (broadcast if len(row) == _BROADCAST_LEN else targeted).append((*row, seq))
+    if broadcast:
+        db.execute(_BROADCAST, (first_seq, json.dumps(broadcast)))
+    if targeted:
+        db.execute(_TARGETED, (first_seq, json.dumps(targeted)))
+    return first_seq + len(ordered)
