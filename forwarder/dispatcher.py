@@ -222,7 +222,10 @@ class Dispatcher:
                 continue
             if self._work_since is None:
                 self._work_since = now
-            hold = self._budget_at() - now
+            # Seconds, each part on its own clock: a wall time computed a moment after
+            # ``now`` would always lie in its future, and the loop would spin on
+            # microsecond waits instead of calling (1,000 providers: most of the CPU).
+            hold = max(self.budget.wait_s(), self._not_before - now)
             if hold > 0:
                 await self._wait(hold, stop)
                 continue
