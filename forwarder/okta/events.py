@@ -32,6 +32,8 @@ from forwarder.signals import Signal
 __all__ = ["EVENTS_PATH", "RiskEventsSender", "parse_rate_headers"]
 
 EVENTS_PATH = "/api/v1/risk/events/ip"
+#: Nonce challenges answered in a row before the provider is declared failing.
+_MAX_CHALLENGES = 2
 #: The longest wait any X-Rate-Limit-Reset may impose (Okta's windows are a minute).
 MAX_RESET_WAIT_S = 3600.0
 
@@ -113,8 +115,8 @@ class RiskEventsSender:
         self._max_events = max_events
         self._max_subjects = max_subjects
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        #: A nonce challenge was answered and its retry has not been answered yet.
-        self._challenged = False
+        #: Nonce challenges in a row (a retry answered with yet another challenge).
+        self._challenges = 0
 
     async def prepare(self) -> None:
         """Have a valid access token before a batch is leased (so the token request's
@@ -165,7 +167,7 @@ class RiskEventsSender:
         except aiohttp.ClientError as exc:
             raise RetryableSendError(f"{self.url}: {exc}", outcome="server_error") from None
         window = parse_rate_headers(headers, local_now=self._clock.time())
-        challenged, self._challenged = self._challenged, False
+        challenges, self._challenges = self._challenges, 0
         new_nonce = dpop is not None and dpop.remember_nonce("resource", headers)
         if status == 202:
             return Delivery(subjects=len(signals), window=window)
@@ -175,7 +177,7 @@ class RiskEventsSender:
             payload = None
         if status in (400, 401):
             self._dpop_refusal(
-                status, headers, payload, token, dpop, new_nonce=new_nonce, challenged=challenged
+                status, headers, payload, token, dpop, new_nonce=new_nonce, challenges=challenges
             )
         if status == 429:
             retry_at = (
@@ -281,7 +283,7 @@ class RiskEventsSender:
         dpop: DPoP | None,
         *,
         new_nonce: bool,
-        challenged: bool,
+        challenges: int,
     ) -> None:
         """Raise for an answer about DPoP (a nonce challenge, a refused proof, a token of
         the wrong kind); return for any other 400/401."""
@@ -290,8 +292,10 @@ class RiskEventsSender:
         error = challenge.get("error") or str(body.get("error", ""))
         description = challenge.get("error_description") or str(body.get("error_description", ""))
         if dpop is not None and error == "use_dpop_nonce":
-            if new_nonce and not challenged:
-                self._challenged = True
+            # One retry per new nonce; a nonce we already sent, or challenges without end
+            # (a proxy dropping the header), stop the provider instead of spending calls.
+            if new_nonce and challenges < _MAX_CHALLENGES:
+                self._challenges = challenges + 1
                 raise RetryableSendError(
                     "Okta asked for a DPoP nonce (401 use_dpop_nonce); sending again with it",
                     outcome="auth_error",
