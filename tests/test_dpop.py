@@ -22,7 +22,7 @@ from forwarder.okta.provision import connectivity_signal
 from forwarder.okta.tokens import TokenSource
 from forwarder.ratelimit import max_calls_in_window
 from forwarder.sandbox import SandboxOrg, serve
-from tests.harness import Harness, harness, ips
+from tests.harness import harness, ips
 
 
 @dataclass
@@ -91,7 +91,8 @@ async def test_always_sends_a_proof_from_the_first_request(env: Env) -> None:
     assert token.dpop_bound
     assert [r.error for r in env.org.token_requests] == ["use_dpop_nonce", None]
     issued = env.org._auth_server.lookup(token.value, env.clock.time())
-    assert issued is not None and issued.jkt is not None
+    assert issued is not None
+    assert issued.jkt is not None
 
 
 @pytest.mark.parametrize("mode", ["never", None])
@@ -291,4 +292,5 @@ async def test_a_dpop_key_file_binds_the_tokens_to_that_key(tmp_path: Path) -> N
         await h.until(lambda: len(h.delivered(cid)) >= 1)
         [token] = h.org.issued_tokens()
         issued = h.org._auth_server.lookup(token, h.clock.time())
-        assert issued is not None and issued.jkt == dpop_key.key.thumbprint()
+        assert issued is not None
+        assert issued.jkt == dpop_key.key.thumbprint()

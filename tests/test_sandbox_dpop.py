@@ -20,6 +20,7 @@ import pytest
 from authlib.oauth2.rfc7523 import private_key_jwt_sign
 from joserfc import jwt
 from joserfc.jwk import ECKey, OctKey
+from multidict import CIMultiDict
 
 from forwarder.clock import FakeClock
 from forwarder.okta.keys import SigningKey, generate_signing_key
@@ -110,21 +111,22 @@ class Env:
             "client_assertion_type": JWT_BEARER,
             "client_assertion": str(assertion),
         }
-        headers = aiohttp.client.CIMultiDict[str]()
+        headers = CIMultiDict[str]()
         for p in proofs:
             headers.add("DPoP", p)
         return await self.call("POST", TOKEN, data=form, headers=headers)
 
     async def dpop_token(self) -> str:
         first = await self.token_reply(self.proof())
-        assert first.status == 400 and first.json["error"] == "use_dpop_nonce"
+        assert first.status == 400
+        assert first.json["error"] == "use_dpop_nonce"
         reply = await self.token_reply(self.proof(nonce=first.headers["DPoP-Nonce"]))
         assert reply.status == 200, reply.text
         assert reply.json["token_type"] == "DPoP"
         return str(reply.json["access_token"])
 
     async def send(self, scheme: str, token: str, *proofs: str) -> Reply:
-        headers = aiohttp.client.CIMultiDict[str]({"Authorization": f"{scheme} {token}"})
+        headers = CIMultiDict[str]({"Authorization": f"{scheme} {token}"})
         for p in proofs:
             headers.add("DPoP", p)
         body = [{"subjects": [{"ip": "203.0.113.9", "riskLevel": "HIGH"}]}]
@@ -171,7 +173,8 @@ async def test_the_nonce_flow_then_a_dpop_token_bound_to_the_key(env: Env) -> No
     assert reply.json["token_type"] == "DPoP"
     token = reply.json["access_token"]
     issued = env.org._auth_server.lookup(token, env.clock.time())
-    assert issued is not None and issued.jkt == env.dpop_key.thumbprint()
+    assert issued is not None
+    assert issued.jkt == env.dpop_key.thumbprint()
 
 
 def _bad_proofs(env: Env, nonce: str) -> dict[str, tuple[str, str]]:
@@ -255,7 +258,8 @@ async def test_a_rotated_nonce_is_asked_for_again(env: Env) -> None:
     )
     assert faults.status == 200
     reply = await env.token_reply(env.proof(nonce=old))
-    assert reply.status == 400 and reply.json["error"] == "use_dpop_nonce"
+    assert reply.status == 400
+    assert reply.json["error"] == "use_dpop_nonce"
     assert reply.headers["DPoP-Nonce"] not in ("", old)
 
 
@@ -424,7 +428,8 @@ async def test_an_accepted_call_writes_a_consume_event_in_logevent_shape(env: En
     assert event["outcome"] == {"result": "SUCCESS", "reason": None}
     assert event["actor"]["id"] == env.client_id
     [target] = event["target"]
-    assert target["type"] == "RiskProvider" and target["displayName"] == "Partner"
+    assert target["type"] == "RiskProvider"
+    assert target["displayName"] == "Partner"
     assert event["debugContext"]["debugData"]["subjectCount"] == "1"
 
 
@@ -486,4 +491,5 @@ async def test_logs_refuse_bad_queries_and_missing_credentials(env: Env) -> None
     assert (await env.logs(limit="0")).json["errorCode"] == "E0000001"
     assert (await env.logs(since="yesterday")).json["errorCode"] == "E0000001"
     reply = await env.call("GET", LOGS)
-    assert reply.status == 401 and reply.json["errorCode"] == "E0000011"
+    assert reply.status == 401
+    assert reply.json["errorCode"] == "E0000011"
