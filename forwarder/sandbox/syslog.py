@@ -90,6 +90,8 @@ class SystemLog:
 
     def __init__(self) -> None:
         self.events: list[LogEvent] = []
+        #: Seconds before an event shows in queries (Okta's log is not instant; a test knob).
+        self.delay_s = 0.0
 
     def consume(
         self,
@@ -180,6 +182,7 @@ class SystemLog:
             e
             for e in self.events
             if e.published >= since
+            and e.published + self.delay_s <= now
             and (until is None or e.published < until)
             and all(value in e.values(field) for field, value in terms)
         ]
