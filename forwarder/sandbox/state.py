@@ -166,6 +166,7 @@ class SandboxOrg:
                 "client_name": c.name,
                 "application_type": c.metadata.get("application_type"),
                 "token_endpoint_auth_method": c.metadata.get("token_endpoint_auth_method"),
+                "dpop_bound_access_tokens": c.metadata.get("dpop_bound_access_tokens", False),
                 "kids": sorted(c.keys),
                 "scopes": sorted(self._grants.get(c.client_id, {})),
             }
