@@ -19,6 +19,7 @@ import binascii
 import hashlib
 import secrets
 import warnings
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -41,6 +42,7 @@ __all__ = [
 
 #: Okta rejects a proof issued more than 5 minutes before the request.
 MAX_PROOF_AGE_S = 300
+_SEEN_JTIS = 100_000
 #: Asymmetric algorithms only: never ``none`` or HS*.
 PROOF_ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512")
 
@@ -115,8 +117,9 @@ class DPoPVerifier:
         #: Whether the events endpoint demands the nonce too (a test switch).
         self.resource_nonce = False
         self._jtis = JtiCache()
-        #: Every proof ``jti`` presented, in order (tests check none repeats).
-        self.seen_jtis: list[str] = []
+        #: The proof ``jti`` values presented, in order (tests check none repeats); the
+        #: most recent ones only, so a long-running sandbox stays small.
+        self.seen_jtis: deque[str] = deque(maxlen=_SEEN_JTIS)
 
     def rotate(self) -> str:
         """A new nonce; the old one stops working at once."""

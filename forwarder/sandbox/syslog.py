@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -88,8 +89,9 @@ class LogEvent:
 class SystemLog:
     """Every event, in the order written, with Okta's query semantics."""
 
-    def __init__(self) -> None:
-        self.events: list[LogEvent] = []
+    def __init__(self, *, max_events: int = 100_000) -> None:
+        #: The newest ``max_events`` events (Okta keeps 90 days; a sandbox needs less).
+        self.events: deque[LogEvent] = deque(maxlen=max_events)
         #: Seconds before an event shows in queries (Okta's log is not instant; a test knob).
         self.delay_s = 0.0
 
