@@ -28,6 +28,7 @@ from joserfc import jwt
 from joserfc.jwk import ECKey, RSAKey
 
 from forwarder.sandbox.assertion import JtiCache
+from forwarder.sandbox.records import Answer
 from forwarder.sandbox.validation import parse_json
 
 __all__ = [
@@ -125,6 +126,45 @@ class DPoPVerifier:
         """A new nonce; the old one stops working at once."""
         self.nonce = secrets.token_urlsafe(24)
         return self.nonce
+
+    def resource_refusal(
+        self,
+        scheme: str,
+        token_jkt: str | None,
+        access_token: str,
+        proofs: list[str],
+        *,
+        url: str,
+        now: float,
+    ) -> Answer | None:
+        """The 401 for a DPoP mistake on a resource call (risk-api.md §9), or None.
+
+        ``scheme`` is the ``Authorization`` scheme (lower case) of a live token whose
+        binding is ``token_jkt`` (None: a Bearer token).
+        """
+        if token_jkt is None:
+            if scheme == "dpop":
+                description = "The presented access_token is not DPoP bound."
+                return Answer(401, None, challenge("invalid_token", description))
+            return None
+        if scheme != "dpop":
+            description = "The resource request requires a DPoP proof."
+            return Answer(401, None, challenge("invalid_request", description))
+        try:
+            verified = self.verify(
+                proofs,
+                method="POST",
+                url=url,
+                now=now,
+                nonce_required=self.resource_nonce,
+                access_token=access_token,
+            )
+        except DPoPError as exc:
+            return Answer(401, None, challenge(exc.error, exc.description, exc.nonce))
+        if verified.jkt != token_jkt:
+            description = "The DPoP proof key does not match the access token's binding (cnf.jkt)."
+            return Answer(401, None, challenge("invalid_dpop_proof", description))
+        return None
 
     def verify(
         self,

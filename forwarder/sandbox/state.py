@@ -13,12 +13,10 @@ import hmac
 import secrets
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from forwarder.clock import Clock
 from forwarder.sandbox.clients import RegisteredClient, parse_client_metadata
-from forwarder.sandbox.dpop import DPoPError, challenge
 from forwarder.sandbox.errors import (
     ApiError,
     InsufficientScopeError,
@@ -50,12 +48,7 @@ from forwarder.sandbox.resources import (
     parse_provider_body,
 )
 from forwarder.sandbox.syslog import SystemLog
-from forwarder.sandbox.tokens import (
-    AuthorizationServer,
-    IssuedToken,
-    claimed_client,
-    parse_token_form,
-)
+from forwarder.sandbox.tokens import AuthorizationServer, claimed_client, parse_token_form
 from forwarder.sandbox.validation import parse_json, validate_risk_events
 from forwarder.sandbox.window import SlidingWindow
 
@@ -75,15 +68,6 @@ def _split_authorization(value: str | None) -> tuple[str, str]:
         return "", ""
     scheme, _, credential = value.strip().partition(" ")
     return scheme.lower(), credential.strip()
-
-
-@dataclass(frozen=True, slots=True)
-class _EventsRequest:
-    authorization: str | None
-    content_type: str
-    body: bytes | None
-    origin: str
-    dpop_proofs: list[str]
 
 
 class SandboxOrg:
@@ -474,10 +458,11 @@ class SandboxOrg:
         ``X-Rate-Limit-*`` headers (risk-api.md §5).
         """
         now = self.clock.time()
-        request = _EventsRequest(authorization, content_type, body, origin, list(dpop_proofs))
-        answer, client_id = self._events_answer(request, now)
+        answer, client_id = self._events_answer(
+            authorization, content_type, body, origin, now, list(dpop_proofs)
+        )
         if answer.status == 202 and client_id is not None:
-            self._log_consumed(client_id, answer, client_ip, now)
+            self._log_consumed(client_id, client_ip, now)
         self.event_calls.append(CallRecord(now, client_id, answer.status))
         return answer
 
@@ -489,7 +474,7 @@ class SandboxOrg:
             return Answer(error.status, None, {**headers, **error.headers})
         return _api_answer(error, headers)
 
-    def _log_consumed(self, client_id: str, answer: Answer, client_ip: str, now: float) -> None:
+    def _log_consumed(self, client_id: str, client_ip: str, now: float) -> None:
         call = self.accepted[-1]
         provider = self._providers.get(call.provider_id)
         # Action "none": Okta ignores the provider's signals (nothing in the System Log).
@@ -505,39 +490,16 @@ class SandboxOrg:
             ip_address=client_ip,
         )
 
-    def _dpop_refusal(
-        self, scheme: str, token: IssuedToken, credential: str, request: _EventsRequest, now: float
-    ) -> Answer | None:
-        """The 401 for a DPoP mistake on the events call (risk-api.md §9), or None."""
-        if token.jkt is None:
-            if scheme == "dpop":
-                headers = challenge(
-                    "invalid_token", "The presented access_token is not DPoP bound."
-                )
-                return Answer(401, None, headers)
-            return None
-        if scheme != "dpop":
-            headers = challenge("invalid_request", "The resource request requires a DPoP proof.")
-            return Answer(401, None, headers)
-        try:
-            verified = self.dpop.verify(
-                request.dpop_proofs,
-                method="POST",
-                url=f"{request.origin}{EVENTS_PATH}",
-                now=now,
-                nonce_required=self.dpop.resource_nonce,
-                access_token=credential,
-            )
-        except DPoPError as exc:
-            return Answer(401, None, challenge(exc.error, exc.description, exc.nonce))
-        if verified.jkt != token.jkt:
-            description = "The DPoP proof key does not match the access token's binding (cnf.jkt)."
-            return Answer(401, None, challenge("invalid_dpop_proof", description))
-        return None
-
-    def _events_answer(self, request: _EventsRequest, now: float) -> tuple[Answer, str | None]:
-        content_type, body, origin = request.content_type, request.body, request.origin
-        scheme, credential = _split_authorization(request.authorization)
+    def _events_answer(
+        self,
+        authorization: str | None,
+        content_type: str,
+        body: bytes | None,
+        origin: str,
+        now: float,
+        dpop_proofs: list[str],
+    ) -> tuple[Answer, str | None]:
+        scheme, credential = _split_authorization(authorization)
         token = self._auth_server.lookup(credential, now) if scheme in ("bearer", "dpop") else None
         if token is None:
             if scheme == "ssws" and self._is_api_token(credential):
@@ -570,7 +532,10 @@ class SandboxOrg:
         headers = window.headers(now)
         if not allowed:
             return _api_answer(rate_limited(), headers), client_id
-        refusal = self._dpop_refusal(scheme, token, credential, request, now)
+        url = f"{origin}{EVENTS_PATH}"
+        refusal = self.dpop.resource_refusal(
+            scheme, token.jkt, credential, dpop_proofs, url=url, now=now
+        )
         if refusal is not None:
             refusal.headers.update(headers)
             return refusal, client_id
