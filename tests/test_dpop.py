@@ -12,6 +12,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from forwarder.clock import FakeClock
 from forwarder.errors import InvalidCredentials, RetryableSendError
@@ -294,3 +295,64 @@ async def test_a_dpop_key_file_binds_the_tokens_to_that_key(tmp_path: Path) -> N
         issued = h.org._auth_server.lookup(token, h.clock.time())
         assert issued is not None
         assert issued.jkt == dpop_key.key.thumbprint()
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "body", "error"),
+    [
+        (
+            400,
+            {},
+            b'{"error":"invalid_request","error_description":"The resource request requires a '
+            b'DPoP proof."}',
+            "dpop_required",
+        ),
+        (
+            401,
+            {
+                "WWW-Authenticate": 'DPoP error="invalid_token", error_description="The presented '
+                'access_token is not DPoP bound."'
+            },
+            b"",
+            "not_dpop_bound",
+        ),
+    ],
+)
+async def test_dpop_refusals_of_the_events_call_stop_the_provider_not_dead_letter(
+    status: int, headers: dict[str, str], body: bytes, error: str
+) -> None:
+    """A 400/401 about DPoP is an operator problem with a hint, never a rejected payload."""
+    clock = FakeClock()
+
+    async def token(_: web.Request) -> web.Response:
+        return web.json_response(
+            {"token_type": "Bearer", "expires_in": 3600, "access_token": "t0k3n-value-1"}
+        )
+
+    async def events(_: web.Request) -> web.Response:
+        return web.Response(status=status, body=body, headers=headers)
+
+    app = web.Application()
+    app.router.add_post("/oauth2/v1/token", token)
+    app.router.add_post("/api/v1/risk/events/ip", events)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            tokens = TokenSource(
+                session=session,
+                org_url=url,
+                client_id="0oa1",
+                key=generate_signing_key("ES256"),
+                clock=clock,
+                dpop=DPoP(mode="auto", clock=clock),
+            )
+            sender = RiskEventsSender(session=session, org_url=url, tokens=tokens, clock=clock)
+            with pytest.raises(InvalidCredentials) as err:
+                await sender.send([connectivity_signal(clock.time())], spend=_spend_nothing)
+    finally:
+        await runner.cleanup()
+    assert err.value.error == error
+    assert "dpop" in err.value.hint
