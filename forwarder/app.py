@@ -34,6 +34,7 @@ from forwarder.config import (
 from forwarder.dispatcher import Dispatcher
 from forwarder.errors import ConfigError, StoreError
 from forwarder.ingest import IngestApi
+from forwarder.okta.dpop import DPoP
 from forwarder.okta.events import RiskEventsSender
 from forwarder.okta.keys import KeyFileError, SigningKey, load_signing_key
 from forwarder.okta.tokens import TokenSource
@@ -93,14 +94,23 @@ class Daemon:
 
     # -- composition -----------------------------------------------------------------
 
-    def _keys(self) -> dict[str, SigningKey]:
-        keys: dict[str, SigningKey] = {}
+    def _keys(self) -> dict[str, tuple[SigningKey, SigningKey | None]]:
+        """Each provider's assertion key and DPoP key (None: made when first needed)."""
+        keys: dict[str, tuple[SigningKey, SigningKey | None]] = {}
         problems = []
         for p in self.settings.providers:
             try:
-                keys[p.name] = load_signing_key(resolve_path(self.base, p.private_key_file))
+                key = load_signing_key(resolve_path(self.base, p.private_key_file))
             except KeyFileError as exc:
                 problems.append(f"providers[{p.name}].private_key_file: {exc}")
+                continue
+            dpop_key = None
+            if p.dpop_key_file:
+                try:
+                    dpop_key = load_signing_key(resolve_path(self.base, p.dpop_key_file))
+                except KeyFileError as exc:
+                    problems.append(f"providers[{p.name}].dpop_key_file: {exc}")
+            keys[p.name] = (key, dpop_key)
         if problems:
             raise ConfigError(problems)
         return keys
@@ -117,12 +127,14 @@ class Daemon:
     async def _dispatcher(
         self,
         p: ProviderSettings,
-        key: SigningKey,
+        keys: tuple[SigningKey, SigningKey | None],
         store: SqliteStore,
         session: aiohttp.ClientSession,
     ) -> Dispatcher:
         d = self.settings.dispatch
         history = await store.recent_calls(p.name, self.clock.time() - p.window_s - 5)
+        key, dpop_key = keys
+        dpop = None if p.dpop == "never" else DPoP(mode=p.dpop, clock=self.clock, key=dpop_key)
         tokens = TokenSource(
             session=session,
             org_url=p.org_url,
@@ -131,6 +143,7 @@ class Daemon:
             clock=self.clock,
             timeout_s=p.timeout_s,
             observer=self.metrics.token_observer(p.name),
+            dpop=dpop,
         )
         sender = RiskEventsSender(
             session=session,

@@ -182,6 +182,10 @@ class ProviderSettings(_Section):
     max_events_per_call: Annotated[int, Field(ge=1, le=20)] = 20
     max_subjects_per_event: Annotated[int, Field(ge=1, le=50)] = 50
     timeout_s: Annotated[float, Field(gt=0, le=300)] = 30.0
+    #: DPoP (RFC 9449): "auto" uses it once the app requires it, "always" from the start.
+    dpop: Literal["auto", "always", "never"] = "auto"
+    #: The DPoP proof key (not the assertion key); empty: an EC P-256 key made at start.
+    dpop_key_file: str = ""
 
     @field_validator("org_url")
     @classmethod
@@ -334,7 +338,26 @@ def _check_files(settings: Settings, base: Path, listen: ListenAddress) -> list[
             load_signing_key(_resolve(base, provider.private_key_file))
         except KeyFileError as exc:
             problems.append(f"providers[{provider.name}].private_key_file: {exc}")
+        if provider.dpop_key_file:
+            problems.extend(_check_dpop_key(provider, base))
     return problems
+
+
+def _check_dpop_key(provider: ProviderSettings, base: Path) -> list[str]:
+    from forwarder.okta.keys import KeyFileError, load_signing_key  # noqa: PLC0415
+
+    where = f"providers[{provider.name}].dpop_key_file"
+    try:
+        dpop_key = load_signing_key(_resolve(base, provider.dpop_key_file))
+    except KeyFileError as exc:
+        return [f"{where}: {exc}"]
+    try:
+        assertion_key = load_signing_key(_resolve(base, provider.private_key_file))
+    except KeyFileError:
+        return []  # reported as private_key_file's problem
+    if dpop_key.key.thumbprint() == assertion_key.key.thumbprint():
+        return [f"{where}: is the client-assertion key; DPoP needs a separate key"]
+    return []
 
 
 def resolve_path(base: Path, value: str) -> Path:

@@ -22,6 +22,8 @@ _SECRET_KEYS = frozenset(
         "assertion",
         "client_assertion",
         "authorization",
+        "dpop",
+        "proof",
         "api_token",
         "password",
         "private_key",
