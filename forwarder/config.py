@@ -9,6 +9,7 @@ Validation follows Okta's troubleshooting advice and names every problem at once
 from __future__ import annotations
 
 import ipaddress
+import json
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,7 +25,13 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from forwarder.errors import ConfigError
 
@@ -218,6 +225,31 @@ class ProviderSettings(_Section):
         return v
 
 
+class _EnvSource(EnvSettingsSource):
+    """Environment variables; a value that is not JSON where JSON is due is a ConfigError.
+
+    pydantic-settings raises ``SettingsError`` with the decoder's traceback; the operator
+    needs the variable's name instead, and never its value (it may hold secrets).
+    """
+
+    def prepare_field_value(
+        self, field_name: str, field: FieldInfo, value: Any, value_is_complex: bool
+    ) -> Any:
+        try:
+            return super().prepare_field_value(field_name, field, value, value_is_complex)
+        except ValueError as exc:
+            var = f"{self.env_prefix}{field_name}".upper()
+            if value is None:  # it came from FORWARDER_<FIELD>__<KEY> variables
+                var = f"a {var}{self.env_nested_delimiter}* variable"
+            reason = f": {exc.msg}" if isinstance(exc, json.JSONDecodeError) else ""
+            raise ConfigError(
+                [
+                    f"{var} is not valid JSON{reason} (value not shown; it may hold "
+                    f"secrets); config/forwarder.toml shows the keys of {field_name}"
+                ]
+            ) from None
+
+
 class Settings(BaseSettings):
     """The whole configuration."""
 
@@ -245,7 +277,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Environment beats the file (passed as init kwargs); no .env or secrets dir magic.
-        return (env_settings, init_settings)
+        return (_EnvSource(settings_cls), init_settings)
 
 
 def _where(loc: tuple[int | str, ...], data: Mapping[str, Any]) -> str:

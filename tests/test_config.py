@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -148,3 +151,24 @@ def test_same_client_id_twice_is_refused_whatever_the_url(tmp_path: Path, other_
     assert len(same) == 1, err.value.problems
     assert "providers[acme2]" in same[0]
     assert "providers[acme]" in same[0]
+
+
+@pytest.mark.parametrize("var", ["FORWARDER_PROVIDERS", "FORWARDER_DISPATCH", "FORWARDER_INGEST"])
+def test_malformed_env_json_is_a_config_error_without_its_value(var: str) -> None:
+    """Broken JSON in a FORWARDER_<SECTION> variable: exit 2 naming it, value not echoed."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FORWARDER_")}
+    env[var] = '[{"name": "x", "client_secret": "s3cr3t-value"'
+    result = subprocess.run(
+        [sys.executable, "-m", "forwarder", "config", "check", "--config", "config/forwarder.toml"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=30,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert f"{var} is not valid JSON" in result.stderr
+    assert "s3cr3t" not in output
+    assert "Traceback" not in output
