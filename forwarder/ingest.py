@@ -25,6 +25,7 @@ from forwarder.bodies import (
 )
 from forwarder.clock import Clock
 from forwarder.errors import StoreError, StoreFull
+from forwarder.serving import BodyTimeout
 from forwarder.signals import Problem, parse_items
 from forwarder.store.base import Store
 
@@ -142,6 +143,9 @@ class IngestApi:
         except web.HTTPRequestEntityTooLarge:
             self._rejected("too_large", 0)
             return _error(413, f"body exceeds max_body_bytes ({self._max_body}); split it")
+        except BodyTimeout as exc:
+            self._rejected("timeout", 0)
+            return _error(408, f"{exc}; send the body promptly or raise ingest.body_timeout_s")
         except (web.RequestPayloadError, HttpProcessingError, ValueError, OSError) as exc:
             # e.g. a broken chunked body, or a truncated one.
             self._rejected("malformed", 0)
