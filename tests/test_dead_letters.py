@@ -189,3 +189,16 @@ async def test_partial_requeue_removes_exactly_what_was_accepted(tmp_path: Path)
     sent = fake.ips()
     assert sorted(set(sent) - set(first)) == sorted(set(ips(700)) - set(first))
     assert len(sent) == 500 + 200 + 200  # chunk 2 twice (503, then 202); chunk 1 once
+
+
+async def test_requeue_keeps_a_signal_ingest_would_refuse(tmp_path: Path) -> None:
+    """A dead letter with an IP ingest refuses today (a non-ASCII digit) is kept, unsent."""
+    bad = "198.51.100.\u0664"
+    config = await store_with_dead_letters(tmp_path, [bad, "198.51.100.4"])
+    async with fake_ingest([]) as (fake, url):
+        code, out = await cli("requeue", "--all", "--config", str(config), "--ingest-url", url)
+    assert code == 1
+    assert "requeued 1 signal(s)" in out
+    assert "kept #1: ingest refuses it (ip:" in out
+    assert fake.ips() == ["198.51.100.4"]
+    assert remaining(config) == [bad]

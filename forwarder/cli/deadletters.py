@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 
 from forwarder.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, config_path
-from forwarder.signals import format_ms
+from forwarder.signals import format_ms, refusal_reason
 from forwarder.store.dead_letters import DeadLetterRow, delete_dead_letters, read_dead_letters
 
 __all__ = ["register"]
@@ -111,11 +111,32 @@ class _Requeue:
     """What a requeue did: every row ends in exactly one of the three lists."""
 
     accepted: list[int] = field(default_factory=list)
-    #: (id, why): ingest refuses them now (it answered 400 naming them).
+    #: (id, why): ingest refuses them now (checked here first, or answered 400).
     refused: list[tuple[int, str]] = field(default_factory=list)
     #: Not sent, or sent without a 202, after ``error`` stopped the run.
     unsent: list[int] = field(default_factory=list)
     error: str = ""
+
+
+def _precheck(
+    rows: Sequence[DeadLetterRow], max_age_s: float, out: _Requeue
+) -> list[DeadLetterRow]:
+    """Rows whose content ingest accepts today; the others go to ``out.refused``, unsent.
+
+    A signal Okta rejected for a reason ingest now checks (e.g. a non-ASCII IP stored
+    by an older version) would otherwise come back and sink another whole call. The
+    content is judged as if the signal arrived at its own timestamp: its age is the
+    daemon's to judge, by the daemon's clock, and a stale one gets a 400 and is kept.
+    """
+    keep = []
+    for row in rows:
+        at = row.signal.ts_ms
+        why = refusal_reason(row.signal, at, max_age_ms=int(max_age_s * 1000))
+        if why is None:
+            keep.append(row)
+        else:
+            out.refused.append((row.id, why))
+    return keep
 
 
 async def _requeue(
@@ -198,7 +219,8 @@ def _cmd_requeue(args: argparse.Namespace) -> int:
         token = tokens[0] if tokens else None
     url = args.ingest_url or _ingest_url(settings.ingest.listen)
     out = _Requeue()
-    asyncio.run(_requeue(rows, url, token, out))
+    sendable = _precheck(rows, settings.dispatch.max_age_s, out)
+    asyncio.run(_requeue(sendable, url, token, out))
     # Whatever the daemon accepted is its now: remove exactly that, even after a failure,
     # so a second run never sends it twice.
     removed = delete_dead_letters(store, out.accepted)
