@@ -10,16 +10,14 @@ then the rest is cancelled; everything unsent stays in the store.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import socket
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import structlog
-from aiohttp import web
 
 from forwarder import __version__
 from forwarder.clock import Clock, SystemClock
@@ -38,6 +36,7 @@ from forwarder.okta.events import RiskEventsSender
 from forwarder.okta.keys import KeyFileError, SigningKey, load_signing_key
 from forwarder.okta.tokens import TokenSource
 from forwarder.ratelimit import CallBudget
+from forwarder.serving import serve
 from forwarder.signals import RiskLevel, format_ms
 from forwarder.store.sqlite import SqliteStore
 from forwarder.telemetry import BudgetView, Metrics, drain_estimate_s, health_app
@@ -61,17 +60,6 @@ def _bind(address: ListenAddress) -> socket.socket:
 def _url(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-@contextlib.asynccontextmanager
-async def _serve(app: web.Application, sock: socket.socket) -> AsyncIterator[None]:
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
-    await runner.setup()
-    try:
-        await web.SockSite(runner, sock).start()
-        yield
-    finally:
-        await runner.cleanup()
 
 
 class Daemon:
@@ -190,8 +178,8 @@ class Daemon:
             self.metrics.attach(self, capacity=s.store.max_pending, max_age_s=s.dispatch.max_age_s)
             await self.refresh()
             async with (
-                _serve(self._ingest.app(), ingest_sock),
-                _serve(health_app(self.metrics, self.readiness), metrics_sock),
+                serve(self._ingest.app(), ingest_sock),
+                serve(health_app(self.metrics, self.readiness), metrics_sock),
             ):
                 self.ingest_url = _url(ingest_sock)
                 self.metrics_url = _url(metrics_sock)

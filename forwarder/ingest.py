@@ -16,6 +16,13 @@ import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from forwarder.bodies import (
+    SUPPORTED_CODINGS,
+    BodyError,
+    BodyTooLarge,
+    UnsupportedCoding,
+    decode_body,
+)
 from forwarder.clock import Clock
 from forwarder.errors import StoreError, StoreFull
 from forwarder.ingest_openapi import (
@@ -77,7 +84,11 @@ class IngestApi:
         self._log = structlog.get_logger("forwarder.ingest")
 
     def app(self) -> web.Application:
-        """The aiohttp application serving the API."""
+        """The aiohttp application serving the API.
+
+        Serve it with :func:`forwarder.serving.serve`: the handler decodes
+        ``Content-Encoding`` itself, so aiohttp's decoding must be off.
+        """
         app = web.Application(client_max_size=self._max_body)
         app.router.add_post("/v1/signals", self._post_signals)
         app.router.add_get(OPENAPI_PATH, self._openapi)
@@ -150,9 +161,21 @@ class IngestApi:
             self._rejected("too_large", 0)
             return _error(413, f"body exceeds max_body_bytes ({self._max_body}); split it")
         except (web.RequestPayloadError, HttpProcessingError, ValueError, OSError) as exc:
-            # e.g. a Content-Encoding that does not match the body, or a truncated body.
+            # e.g. a broken chunked body, or a truncated one.
             self._rejected("malformed", 0)
-            return _error(400, f"the request body could not be read: {exc}")
+            reason = str(getattr(exc, "message", "") or exc).strip().splitlines()
+            return _error(400, f"the request body could not be read: {' '.join(reason)[:200]}")
+        try:
+            raw = decode_body(raw, request.headers.get("Content-Encoding", ""), self._max_body)
+        except UnsupportedCoding as exc:
+            self._rejected("unsupported_encoding", 0)
+            return _error(415, str(exc), headers={"Accept-Encoding": ", ".join(SUPPORTED_CODINGS)})
+        except BodyTooLarge as exc:
+            self._rejected("too_large", 0)
+            return _error(413, f"{exc}; split it")
+        except BodyError as exc:
+            self._rejected("malformed", 0)
+            return _error(400, str(exc))
         items, problems = self._decode(raw, ndjson=ctype != _JSON)
         if items is None:
             self._rejected("malformed", 0)
