@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from forwarder import __version__
+from forwarder.bodies import SUPPORTED_CODINGS
 from forwarder.signals import (
     MAX_EXPIRY_AHEAD_MS,
     MAX_FUTURE_SKEW_MS,
@@ -50,14 +51,21 @@ def _signal_schema(max_age_s: float) -> dict[str, Any]:
     time_rule = "an RFC 3339 date-time with an offset (Z or +hh:mm)"
     props: dict[str, Any] = {
         "ip": {
-            "description": "IPv4 or IPv6 address; normalised (2001:DB8::1 -> 2001:db8::1).",
+            "description": (
+                "IPv4 or IPv6 address in ASCII; normalised (2001:DB8::1 -> 2001:db8::1, "
+                "::ffff:192.0.2.1 -> 192.0.2.1); surrounding whitespace is ignored."
+            ),
             "anyOf": [
                 {"type": "string", "format": "ipv4"},
                 {"type": "string", "format": "ipv6"},
             ],
         },
         "riskLevel": {
-            "description": "One of " + ", ".join(level.name for level in RiskLevel) + ", any case.",
+            "description": (
+                "One of "
+                + ", ".join(level.name for level in RiskLevel)
+                + ", in any ASCII case; surrounding whitespace is ignored."
+            ),
             "type": "string",
             "pattern": risk_level_pattern(),
             "examples": [level.name for level in RiskLevel],
@@ -152,7 +160,16 @@ def openapi_document(
             "invalid; nothing of the request was stored. details names each problem."
         ),
         "413": _error(f"The body is larger than max_body_bytes ({max_body_bytes}); split it."),
-        "415": _error(f"Content-Type is not one of {', '.join(media_types)}."),
+        "415": _error(
+            f"Content-Type is not one of {', '.join(media_types)}, or Content-Encoding is "
+            f"not one of {', '.join(SUPPORTED_CODINGS)} (then Accept-Encoding lists those).",
+            {
+                "Accept-Encoding": {
+                    "description": "The content codings this server decodes (RFC 7694).",
+                    "schema": {"type": "string"},
+                }
+            },
+        ),
         "503": _error(
             "The store is full (max_pending) or unavailable, or the daemon is shutting down.",
             _RETRY_AFTER,
@@ -163,8 +180,8 @@ def openapi_document(
         "summary": "Submit IP risk signals",
         "description": (
             "A 202 is sent only after every signal of the request is committed. The body may "
-            "be compressed (Content-Encoding: gzip or deflate); its size after decoding is "
-            f"limited to max_body_bytes ({max_body_bytes})."
+            f"be compressed (Content-Encoding: {' or '.join(SUPPORTED_CODINGS)}); its size "
+            f"after decoding is limited to max_body_bytes ({max_body_bytes})."
         ),
         "requestBody": {"required": True, "content": content},
         "responses": responses,
