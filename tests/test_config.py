@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from forwarder.config import load_settings
+from forwarder.config import load_settings, parse_listen
 from forwarder.errors import ConfigError
 from forwarder.okta.keys import generate_signing_key, write_private_key
 
@@ -172,3 +172,12 @@ def test_malformed_env_json_is_a_config_error_without_its_value(var: str) -> Non
     assert f"{var} is not valid JSON" in result.stderr
     assert "s3cr3t" not in output
     assert "Traceback" not in output
+
+
+@pytest.mark.parametrize(
+    "listen", ["127.0.0.1:\uff18\uff10\uff18\uff10", "127.0.0.1:8_0", "[::1]:+80"]
+)
+def test_listen_port_is_ascii_digits(listen: str) -> None:
+    """A port int() would take but no operator meant (fullwidth digits, 8_0, +80) is refused."""
+    with pytest.raises(ValueError, match="port must be a number"):
+        parse_listen(listen)

@@ -8,6 +8,7 @@ without auth, and for any item the JSON Schema and ``parse_items`` give the same
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,7 +18,6 @@ import aiohttp
 import jsonschema_rs
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from forwarder.bodies import SUPPORTED_CODINGS
 from forwarder.clock import FakeClock
@@ -25,7 +25,6 @@ from forwarder.ingest import IngestApi
 from forwarder.ingest_openapi import (
     JSON_MEDIA_TYPE,
     NDJSON_MEDIA_TYPES,
-    openapi_document,
     risk_level_pattern,
 )
 from forwarder.serving import serve
@@ -104,8 +103,6 @@ def test_without_tokens_the_document_asks_for_no_auth() -> None:
 
 
 def test_the_risk_level_pattern_is_any_ascii_case_of_the_levels() -> None:
-    import re
-
     pattern = re.compile(risk_level_pattern())
     for level in RiskLevel:
         for spelling in (level.name, level.name.lower(), level.name.capitalize(), "hIgH"):
