@@ -22,7 +22,9 @@ import structlog
 from forwarder import __version__
 from forwarder.clock import Clock, SystemClock
 from forwarder.config import (
+    IngestSettings,
     ListenAddress,
+    MetricsSettings,
     ProviderSettings,
     Settings,
     parse_listen,
@@ -36,7 +38,7 @@ from forwarder.okta.events import RiskEventsSender
 from forwarder.okta.keys import KeyFileError, SigningKey, load_signing_key
 from forwarder.okta.tokens import TokenSource
 from forwarder.ratelimit import CallBudget
-from forwarder.serving import serve
+from forwarder.serving import ConnectionLimits, serve
 from forwarder.signals import RiskLevel, format_ms
 from forwarder.store.sqlite import SqliteStore
 from forwarder.telemetry import BudgetView, Metrics, drain_estimate_s, health_app
@@ -55,6 +57,15 @@ def _bind(address: ListenAddress) -> socket.socket:
         raise ConfigError([f"cannot listen on {address}: {exc.strerror}"]) from None
     sock.setblocking(False)
     return sock
+
+
+def _limits(section: IngestSettings | MetricsSettings) -> ConnectionLimits:
+    return ConnectionLimits(
+        header_timeout_s=section.header_timeout_s,
+        body_timeout_s=section.body_timeout_s,
+        keepalive_timeout_s=section.keepalive_timeout_s,
+        max_connections=section.max_connections,
+    )
 
 
 def _url(sock: socket.socket) -> str:
@@ -178,8 +189,8 @@ class Daemon:
             self.metrics.attach(self, capacity=s.store.max_pending, max_age_s=s.dispatch.max_age_s)
             await self.refresh()
             async with (
-                serve(self._ingest.app(), ingest_sock),
-                serve(health_app(self.metrics, self.readiness), metrics_sock),
+                serve(self._ingest.app(), ingest_sock, _limits(s.ingest)),
+                serve(health_app(self.metrics, self.readiness), metrics_sock, _limits(s.metrics)),
             ):
                 self.ingest_url = _url(ingest_sock)
                 self.metrics_url = _url(metrics_sock)

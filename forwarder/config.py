@@ -153,7 +153,16 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class IngestSettings(_Section):
+class _ServerSection(_Section):
+    """Bounds on slow and numerous clients of one listener (forwarder.serving)."""
+
+    header_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
+    body_timeout_s: Annotated[float, Field(gt=0, le=300)] = 30.0
+    keepalive_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    max_connections: Annotated[int, Field(ge=1, le=100_000)] = 1000
+
+
+class IngestSettings(_ServerSection):
     """The detector API."""
 
     listen: Listen = "127.0.0.1:8080"
@@ -169,10 +178,11 @@ class StoreSettings(_Section):
     max_pending: Annotated[int, Field(ge=1)] = 1_000_000
 
 
-class MetricsSettings(_Section):
+class MetricsSettings(_ServerSection):
     """The side port: /metrics, /healthz, /readyz."""
 
     listen: Listen = "127.0.0.1:9464"
+    max_connections: Annotated[int, Field(ge=1, le=100_000)] = 100
 
 
 class LogSettings(_Section):

@@ -31,6 +31,7 @@ from forwarder.ingest_openapi import (
     OPENAPI_PATH,
     openapi_document,
 )
+from forwarder.serving import BodyTimeout
 from forwarder.signals import Problem, parse_items
 from forwarder.store.base import Store
 
@@ -160,6 +161,9 @@ class IngestApi:
         except web.HTTPRequestEntityTooLarge:
             self._rejected("too_large", 0)
             return _error(413, f"body exceeds max_body_bytes ({self._max_body}); split it")
+        except BodyTimeout as exc:
+            self._rejected("timeout", 0)
+            return _error(408, f"{exc}; send the body promptly or raise ingest.body_timeout_s")
         except (web.RequestPayloadError, HttpProcessingError, ValueError, OSError) as exc:
             # e.g. a broken chunked body, or a truncated one.
             self._rejected("malformed", 0)

@@ -89,7 +89,7 @@ def test_the_document_states_the_validators_rules_and_the_configured_limits() ->
     assert set(post["requestBody"]["content"]) == {JSON_MEDIA_TYPE, *NDJSON_MEDIA_TYPES}
     assert "12345" in post["responses"]["413"]["description"]
     assert all(coding in post["description"] for coding in SUPPORTED_CODINGS)
-    assert set(post["responses"]) == {"202", "400", "401", "413", "415", "503"}
+    assert set(post["responses"]) == {"202", "400", "401", "408", "413", "415", "503"}
     assert post["security"] == [{"bearer": []}]
     assert doc["paths"]["/v1/openapi.json"]["get"]["security"] == []
 
