@@ -159,9 +159,7 @@ def openapi_document(
             "The body could not be read or decoded, holds no signals, or some signals are "
             "invalid; nothing of the request was stored. details names each problem."
         ),
-        "408": _error(
-            "The body did not arrive within ingest.body_timeout_s; send it promptly."
-        ),
+        "408": _error("The body did not arrive within ingest.body_timeout_s; send it promptly."),
         "413": _error(f"The body is larger than max_body_bytes ({max_body_bytes}); split it."),
         "415": _error(
             f"Content-Type is not one of {', '.join(media_types)}, or Content-Encoding is "

@@ -29,6 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from forwarder.clock import FakeClock
+from forwarder.errors import StoreError
 from forwarder.ingest import IngestApi
 from forwarder.serving import serve
 from forwarder.signals import parse_rfc3339_ms
@@ -284,3 +285,26 @@ def test_202_means_every_signal_is_stored_and_400_that_nothing_is(live: Live) ->
         assert set(before) <= set(after), "accepting signals removed others"
 
     check()
+
+
+def test_a_failing_store_gets_the_documented_503_and_no_500(live: Live) -> None:
+    """A store error (disk full, I/O error) is a 503 with Retry-After, of the documented
+    shape; nothing is acknowledged that was not committed."""
+    store = live.ingest._store
+
+    async def broken_add(items: Any) -> Any:
+        raise StoreError("database or disk is full")
+
+    original = store.add
+    store.add = broken_add  # type: ignore[method-assign]
+    try:
+        body = json.dumps([{"ip": "192.0.2.9", "riskLevel": "HIGH"}]).encode()
+        status, rtype, payload, took = live.post(
+            body, {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"}
+        )
+    finally:
+        store.add = original  # type: ignore[method-assign]
+    answer = _check_answer(live, status, rtype, payload, took)
+    assert status == 503, answer
+    assert "disk" not in answer["error"]  # the operator's detail goes to the log
+    assert live.pending() == {}
