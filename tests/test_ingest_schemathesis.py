@@ -126,7 +126,7 @@ schema = schemathesis.openapi.from_dict(
         {
             "request-timeout": MAX_RESPONSE_S * 5,
             "checks": {"enabled": True, "max_response_time": MAX_RESPONSE_S},
-            "generation": {"mode": "all", "max-examples": 200, "database": "none"},
+            "generation": {"mode": "all", "max-examples": 300, "database": "none"},
             "auth": {"openapi": {"bearer": {"bearer": TOKEN}}},
         }
     ),
