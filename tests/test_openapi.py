@@ -18,6 +18,7 @@ import aiohttp
 import jsonschema_rs
 import pytest
 from hypothesis import HealthCheck, given, settings
+from schemathesis.specs.openapi.definitions import OPENAPI_31_VALIDATOR
 
 from forwarder.bodies import SUPPORTED_CODINGS
 from forwarder.clock import FakeClock
@@ -92,6 +93,15 @@ def test_the_document_states_the_validators_rules_and_the_configured_limits() ->
     assert set(post["responses"]) == {"202", "400", "401", "408", "413", "415", "503"}
     assert post["security"] == [{"bearer": []}]
     assert doc["paths"]["/v1/openapi.json"]["get"]["security"] == []
+
+
+@pytest.mark.parametrize("tokens", [("t",), ()])
+def test_the_document_is_valid_openapi_3_1(tokens: tuple[str, ...]) -> None:
+    """Valid against the OpenAPI 3.1 meta-schema (the copy Schemathesis ships and uses)."""
+    doc = _ingest(tokens=tokens).openapi()
+    errors = [str(e) for e in OPENAPI_31_VALIDATOR.iter_errors(doc)]
+    assert not errors
+    assert not OPENAPI_31_VALIDATOR.is_valid({**doc, "paths": {"/x": {"get": {"responses": 1}}}})
 
 
 def test_without_tokens_the_document_asks_for_no_auth() -> None:
