@@ -26,10 +26,12 @@ from forwarder.signals import (
 )
 
 __all__ = [
+    "CONTENT_CODINGS",
     "JSON_MEDIA_TYPE",
     "NDJSON_MEDIA_TYPES",
     "OPENAPI_PATH",
     "SIGNALS_PATH",
+    "content_encoding_pattern",
     "openapi_document",
     "risk_level_pattern",
 ]
@@ -43,8 +45,25 @@ NDJSON_MEDIA_TYPES = ("application/x-ndjson", "application/ndjson", "application
 
 def risk_level_pattern() -> str:
     """``LOW``, ``MEDIUM`` or ``HIGH`` in any ASCII case, as an ECMA-262 regex."""
-    words = ("".join(f"[{c.upper()}{c.lower()}]" for c in level.name) for level in RiskLevel)
-    return f"^(?:{'|'.join(words)})$"
+    return f"^(?:{'|'.join(_any_case(level.name) for level in RiskLevel)})$"
+
+
+def _any_case(word: str) -> str:
+    return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else c for c in word)
+
+
+#: What Content-Encoding may say: the codings ingest decodes, plus the identity and the
+#: x-gzip alias (RFC 9110 8.4.1.3), listed with commas in any ASCII case.
+CONTENT_CODINGS = ("identity", *SUPPORTED_CODINGS, "x-gzip")
+
+
+def content_encoding_pattern() -> str:
+    """A comma-separated list of :data:`CONTENT_CODINGS`, empty items and surrounding
+    whitespace allowed (``str.strip`` whitespace in Latin-1), as an ECMA-262 regex."""
+    ws = "".join(f"\\u{i:04x}" for i in range(256) if chr(i).isspace())
+    sep = f"[{ws},]"
+    coding = f"(?:{'|'.join(_any_case(c) for c in CONTENT_CODINGS)})"
+    return f"^{sep}*(?:{coding}[{ws}]*(?:,{sep}*{coding}[{ws}]*)*)?{sep}*$"
 
 
 def _signal_schema(max_age_s: float) -> dict[str, Any]:
@@ -185,6 +204,19 @@ def openapi_document(
             f"be compressed (Content-Encoding: {' or '.join(SUPPORTED_CODINGS)}); its size "
             f"after decoding is limited to max_body_bytes ({max_body_bytes})."
         ),
+        "parameters": [
+            {
+                "name": "Content-Encoding",
+                "in": "header",
+                "required": False,
+                "description": (
+                    f"How the body is compressed: {', '.join(SUPPORTED_CODINGS)} "
+                    "(x-gzip is gzip); none or identity: not at all. Several codings may "
+                    "be listed, applied in order; any case."
+                ),
+                "schema": {"type": "string", "pattern": content_encoding_pattern()},
+            }
+        ],
         "requestBody": {"required": True, "content": content},
         "responses": responses,
     }

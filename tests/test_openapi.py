@@ -18,14 +18,17 @@ import aiohttp
 import jsonschema_rs
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from schemathesis.specs.openapi.definitions import OPENAPI_31_VALIDATOR
 
-from forwarder.bodies import SUPPORTED_CODINGS
+from forwarder.bodies import SUPPORTED_CODINGS, UnsupportedCoding, decode_body
 from forwarder.clock import FakeClock
 from forwarder.ingest import IngestApi
 from forwarder.ingest_openapi import (
+    CONTENT_CODINGS,
     JSON_MEDIA_TYPE,
     NDJSON_MEDIA_TYPES,
+    content_encoding_pattern,
     risk_level_pattern,
 )
 from forwarder.serving import serve
@@ -218,3 +221,24 @@ def test_the_document_and_the_validator_agree_on_the_edge_cases(
     schema_ok = _signal_validator(_ingest().openapi()).is_valid(item)
     _, problems = parse_items([item], now_ms=now_ms, providers=PROVIDERS, max_age_ms=86_400_000)
     assert (schema_ok, not problems) == (accepted, accepted), problems
+
+
+_CODING_PIECES = [*CONTENT_CODINGS, "GZIP", "Deflate", "br", "zstd", "gzip;q=1", "", " ", "\t"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    value=st.one_of(
+        st.from_regex(content_encoding_pattern(), fullmatch=True),
+        st.lists(st.sampled_from(_CODING_PIECES), max_size=4).map(",".join),
+        st.text(alphabet=st.characters(max_codepoint=255), max_size=12),
+    )
+)
+def test_the_content_encoding_pattern_is_what_ingest_decodes(value: str) -> None:
+    """The documented Content-Encoding pattern matches exactly the values ingest decodes."""
+    try:
+        decode_body(b"", value, 100)
+        decoded = True
+    except UnsupportedCoding:
+        decoded = False
+    assert bool(re.fullmatch(content_encoding_pattern(), value)) == decoded, repr(value)
