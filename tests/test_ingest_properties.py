@@ -17,7 +17,7 @@ import socket
 import sqlite3
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,12 +74,19 @@ class Live:
     ingest: IngestApi
     session: aiohttp.ClientSession
 
-    def post(self, body: bytes, headers: dict[str, str]) -> tuple[int, str, bytes, float]:
+    def post(
+        self, body: bytes, headers: dict[str, str], *, chunked: bool = False
+    ) -> tuple[int, str, bytes, float]:
+        async def chunks() -> AsyncIterator[bytes]:
+            for i in range(0, len(body), 700):
+                yield body[i : i + 700]
+
         async def go() -> tuple[int, str, bytes, float]:
             started = time.monotonic()
+            data: Any = chunks() if chunked else body  # chunked: no Content-Length
             async with asyncio.timeout(TIME_BOUND_S):
                 async with self.session.post(
-                    f"{self.url}/v1/signals", data=body, headers=headers
+                    f"{self.url}/v1/signals", data=data, headers=headers
                 ) as resp:
                     payload = await resp.read()
                     return (
@@ -192,7 +199,8 @@ bodies = st.one_of(
 
 
 def test_any_body_gets_a_documented_answer(live: Live) -> None:
-    """Any bytes, content type, encoding or token: a documented 4xx/202, JSON, bounded, quick."""
+    """Any bytes, content type, encoding, token, with or without Content-Length: a
+    documented 4xx/202, JSON, bounded, quick."""
 
     @FAST
     @given(
@@ -200,14 +208,15 @@ def test_any_body_gets_a_documented_answer(live: Live) -> None:
         ctype=st.sampled_from(CONTENT_TYPES),
         encoding=_encodings,
         token=st.sampled_from([TOKEN, TOKEN, TOKEN, "", "wrong", TOKEN + " "]),
+        chunked=st.booleans(),
     )
-    def check(body: bytes, ctype: str, encoding: str, token: str) -> None:
+    def check(body: bytes, ctype: str, encoding: str, token: str, chunked: bool) -> None:
         data, headers = _encode(body, encoding)
         if ctype:
             headers["Content-Type"] = ctype
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        status, rtype, payload, took = live.post(data, headers)
+        status, rtype, payload, took = live.post(data, headers, chunked=chunked)
         _check_answer(live, status, rtype, payload, took)
 
     check()
