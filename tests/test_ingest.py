@@ -6,6 +6,7 @@ import asyncio
 import gzip
 import json
 import socket
+import tracemalloc
 import zlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -346,3 +347,73 @@ async def test_malformed_http_and_unknown_routes_get_json(api: Api, request_byte
     assert b"application/json" in head
     assert set(json.loads(body)) == {"error", "details"}
     assert b"aaaa" not in body
+
+
+async def test_a_400_lists_at_most_100_problems_and_counts_the_rest(api: Api) -> None:
+    """A body of empty objects gets the first 100 problems, the total, and a note."""
+    body = b"[" + b",".join([b"{}"] * 1300) + b"]"
+    status, answer, _ = await api.post(body)
+    assert status == 400
+    details = answer["details"]
+    assert isinstance(details, list)
+    assert len(details) == 100
+    assert answer["details_total"] == 2600  # ip and riskLevel missing in each
+    assert "1300 of 1300 signals are invalid" in str(answer["error"])
+    assert "the first 100 of 2600 problems are listed" in str(answer["error"])
+    assert [d["index"] for d in details[:4]] == [0, 0, 1, 1]
+
+
+async def test_ndjson_bad_lines_are_capped_too(api: Api) -> None:
+    """An NDJSON body of 2000 broken lines names 100 of them and counts all."""
+    status, answer, _ = await api.post(b"x\n" * 2000, ctype="application/x-ndjson")
+    assert status == 400
+    assert isinstance(answer["details"], list)
+    assert len(answer["details"]) == 100
+    assert answer["details_total"] == 2000
+
+
+def _body_of(kind: str, limit: int) -> bytes:
+    if kind == "empty objects":
+        return b"[" + b",".join([b"{}"] * ((limit - 2) // 3)) + b"]"
+    item = '{"ip": "10.%d.%d.%d", "riskLevel": "HIGH", "message": "credential stuffing"}'
+    count = limit // (len(item) + 4)
+    return (
+        "[" + ",".join(item % (i >> 16, i >> 8 & 255, i & 255) for i in range(count)) + "]"
+    ).encode()
+
+
+@pytest.mark.parametrize("kind", ["empty objects", "valid signals"])
+async def test_request_memory_is_a_small_multiple_of_the_body(tmp_path: Path, kind: str) -> None:
+    """A full body (128 KiB here), hostile or valid, costs at most 20x its size in memory."""
+    body = _body_of(kind, 131_072)
+    async with SqliteStore(tmp_path / "m.db", max_pending=100_000) as store:
+        ingest = IngestApi(store=store, providers=["a"], clock=FakeClock(), max_body_bytes=131_072)
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.setblocking(False)
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1/signals"
+        async with serve(ingest.app(), sock), aiohttp.ClientSession() as session:
+            headers = {"Content-Type": "application/json"}
+            async with session.post(url, data=b"[{}]", headers=headers) as resp:
+                assert resp.status == 400  # warm: lazy imports and caches are not the body's
+            tracemalloc.start()
+            try:
+                async with session.post(url, data=body, headers=headers) as resp:
+                    answer = await resp.read()
+                _, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+    assert resp.status == (400 if kind == "empty objects" else 202)
+    assert len(answer) < 20_000
+    # Measured: 7.5x (empty objects; main: ~350x) and 14x (valid, mostly the store's
+    # group commit); the bound leaves room for allocator noise.
+    assert peak < 20 * len(body), f"{peak / 2**20:.1f} MiB"
+
+
+async def test_a_400_does_not_echo_a_huge_unknown_key(api: Api) -> None:
+    """An unknown field named by a 3 KB key is listed by its first 64 characters."""
+    status, answer, _ = await api.post([{"ip": "192.0.2.1", "riskLevel": "LOW", "k" * 3000: 1}])
+    assert status == 400
+    details = answer["details"]
+    assert isinstance(details, list)
+    assert details[0]["field"] == "k" * 64
