@@ -134,6 +134,7 @@ class IngestApi:
             max_body_bytes=self._max_body,
             max_age_s=self._max_age_ms / 1000,
             auth=bool(self._tokens),
+            max_details=MAX_DETAILS,
         )
 
     async def _openapi(self, request: web.Request) -> web.Response:

@@ -158,6 +158,7 @@ def openapi_document(
     max_body_bytes: int,
     max_age_s: float,
     auth: bool,
+    max_details: int,
 ) -> dict[str, Any]:
     """The document for one ingest server, as configured (limits, whether tokens are set)."""
     many = {"type": "array", "items": {"$ref": "#/components/schemas/Signal"}, "minItems": 1}
@@ -300,8 +301,16 @@ def openapi_document(
                         "details": {
                             "type": "array",
                             "items": {"$ref": "#/components/schemas/Problem"},
+                            "maxItems": max_details,
+                            "description": f"The first {max_details} problems, in order.",
+                        },
+                        "details_total": {
+                            "type": "integer",
+                            "minimum": max_details + 1,
+                            "description": "How many problems there are, when more than listed.",
                         },
                     },
+                    "additionalProperties": False,
                 },
             },
         },

@@ -31,6 +31,7 @@ import requests
 import schemathesis
 from hypothesis import HealthCheck, settings
 
+from forwarder.ingest import MAX_DETAILS
 from forwarder.ingest_openapi import CONTENT_CODINGS, openapi_document
 from forwarder.okta.admin import AdminClient
 from forwarder.okta.keys import generate_signing_key, write_private_key
@@ -142,7 +143,9 @@ private_key_file = "{PROVIDER}.jwk.json"
 
 
 #: What the live daemon below must serve (its config: tokens on, 64 KiB bodies, default age).
-DOCUMENT = openapi_document(max_body_bytes=MAX_BODY, max_age_s=86_400.0, auth=True)
+DOCUMENT = openapi_document(
+    max_body_bytes=MAX_BODY, max_age_s=86_400.0, auth=True, max_details=MAX_DETAILS
+)
 
 # Schemathesis's lazy ``from_fixture`` loader does not work with pytest 9.2 (it sets
 # ``Node._nodeid``, which pytest renamed); so the schema is built from the same function

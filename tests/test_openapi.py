@@ -23,7 +23,7 @@ from schemathesis.specs.openapi.definitions import OPENAPI_31_VALIDATOR
 
 from forwarder.bodies import SUPPORTED_CODINGS, UnsupportedCoding, decode_body
 from forwarder.clock import FakeClock
-from forwarder.ingest import IngestApi
+from forwarder.ingest import MAX_DETAILS, IngestApi
 from forwarder.ingest_openapi import (
     CONTENT_CODINGS,
     JSON_MEDIA_TYPE,
@@ -96,6 +96,8 @@ def test_the_document_states_the_validators_rules_and_the_configured_limits() ->
     assert set(post["responses"]) == {"202", "400", "401", "408", "413", "415", "503"}
     assert post["security"] == [{"bearer": []}]
     assert doc["paths"]["/v1/openapi.json"]["get"]["security"] == []
+    error = doc["components"]["schemas"]["Error"]
+    assert error["properties"]["details"]["maxItems"] == MAX_DETAILS
 
 
 @pytest.mark.parametrize("tokens", [("t",), ()])
