@@ -13,6 +13,7 @@ import contextlib
 import gzip
 import ipaddress
 import json
+import os
 import socket
 import sqlite3
 import time
@@ -44,7 +45,8 @@ TIME_BOUND_S = 5.0
 MAX_ANSWER_BYTES = 64 * 1024
 
 FAST = settings(
-    max_examples=300,
+    # FORWARDER_FUZZ_EXAMPLES=5000 fuzzes longer by hand.
+    max_examples=int(os.environ.get("FORWARDER_FUZZ_EXAMPLES", "300")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     database=None,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import os
 import random
 import time
 import zlib
@@ -45,6 +46,8 @@ PROVIDER = "acme"
 #: The response-time bound: any answer slower than this is a failure (nothing may hang).
 MAX_RESPONSE_S = 2.0
 MAX_BODY = 65_536
+#: Cases per operation; FORWARDER_FUZZ_EXAMPLES=5000 fuzzes longer by hand.
+EXAMPLES = int(os.environ.get("FORWARDER_FUZZ_EXAMPLES", "200"))
 
 
 def _compressed(ctx: schemathesis.SerializationContext, body: bytes) -> bytes:
@@ -156,7 +159,7 @@ schema = schemathesis.openapi.from_dict(
         {
             "request-timeout": MAX_RESPONSE_S * 5,
             "checks": {"enabled": True, "max_response_time": MAX_RESPONSE_S},
-            "generation": {"mode": "all", "max-examples": 200, "database": "none"},
+            "generation": {"mode": "all", "max-examples": EXAMPLES, "database": "none"},
             "auth": {"openapi": {"bearer": {"bearer": TOKEN}}},
         }
     ),
