@@ -162,9 +162,7 @@ def _tolerated(item: Any) -> Any:
     return out
 
 
-@settings(
-    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
-)
+@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 @given(item=valid_items() | near_valid_items())
 def test_the_document_and_the_validator_agree_on_every_item(item: Any) -> None:
     """For valid and mutated items, the JSON Schema accepts exactly what ingest accepts,
@@ -230,7 +228,7 @@ def test_the_document_and_the_validator_agree_on_the_edge_cases(
 _CODING_PIECES = [*CONTENT_CODINGS, "GZIP", "Deflate", "br", "zstd", "gzip;q=1", "", " ", "\t"]
 
 
-@settings(max_examples=300, deadline=None, database=None)
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 @given(
     value=st.one_of(
         st.from_regex(content_encoding_pattern(), fullmatch=True),
