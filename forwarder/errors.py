@@ -10,7 +10,8 @@
      │    └── InvalidCredentials  Okta refused the key, client id, scope or org (operator acts)
      ├── SendError                an events call did not get a 202
      │    ├── RetryableSendError  keep the batch, try again at ``retry_at``
-     │    └── PermanentSendError  Okta rejected the payload; the batch is dead-lettered
+     │    └── PermanentSendError  Okta rejected the payload; what it names (or the batch) is
+     │                            dead-lettered
      └── AdminApiError            an Okta admin call (provisioning) was refused
 
 Retryability is a type: the dispatcher catches ``SendError`` in one place and

@@ -312,14 +312,17 @@ def refusal_reason(signal: Signal, now_ms: int, *, max_age_ms: int = 86_400_000)
     timestamp and expiry would be (``dead-letters requeue`` uses this to keep back what
     ingest would refuse). The answer lists each problem as ``field: why``.
     """
-    item: dict[str, Any] = {
-        "ip": signal.ip,
-        "riskLevel": signal.risk.name,
-        "message": signal.message,
-        "timestamp": format_ms(signal.ts_ms),
-    }
-    if signal.expires_ms is not None:
-        item["expiresAt"] = format_ms(signal.expires_ms)
+    try:
+        item: dict[str, Any] = {
+            "ip": signal.ip,
+            "riskLevel": signal.risk.name,
+            "message": signal.message,
+            "timestamp": format_ms(signal.ts_ms),
+        }
+        if signal.expires_ms is not None:
+            item["expiresAt"] = format_ms(signal.expires_ms)
+    except (ValueError, OverflowError, OSError):
+        return "timestamp: not a time ingest can express (a damaged row?)"
     _, problems = parse_items([item], now_ms=now_ms, providers=(), max_age_ms=max_age_ms)
     if not problems:
         return None

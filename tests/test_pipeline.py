@@ -370,6 +370,29 @@ async def test_metrics_match_what_okta_accepted(h: Harness) -> None:
     assert (await h.get("/healthz"))[0] == 200
 
 
+async def test_calls_carry_each_ip_once_when_expired_rows_are_skipped(h: Harness) -> None:
+    """A backlog with expired rows between fresh ones: no IP twice in a call, and
+    subjects_sent counts exactly what Okta accepted."""
+    cid = h.add_provider("acme")
+    daemon = await h.start()
+    assert daemon.store is not None
+    now = int(h.clock.time() * 1000)
+    rows = []
+    for i, ip in enumerate(ips(2000)):
+        # Ascending timestamps, every other row already expired: lease order alternates.
+        exp = now - 1 if i % 2 else None
+        rows.append((["acme"], Signal(ip, RiskLevel.MEDIUM, "", now - 5000 + i, exp, now)))
+    await daemon.store.add(rows)
+    await h.until(lambda: daemon.store is not None and daemon.store.pending_total() == 0)
+    for call in h.org.accepted:
+        assert len(call.ips) == len(set(call.ips))
+    assert sorted(h.delivered(cid)) == sorted(ips(2000)[::2])
+    sent = daemon.metrics.registry.get_sample_value(
+        "forwarder_subjects_sent_total", {"provider": "acme", "risk_level": "MEDIUM"}
+    )
+    assert sent == 1000
+
+
 async def test_logs_never_contain_secrets(tmp_path: Path) -> None:
     """Tokens, assertions, key material and ingest tokens never reach the logs."""
     log = io.StringIO()

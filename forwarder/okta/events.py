@@ -3,8 +3,10 @@
 Outcomes (risk-api.md §5-§6): 202 accepted; 429 keep the batch and wait until
 ``X-Rate-Limit-Reset`` (measured against ``Date``); 401 the token is dropped and the
 batch retried once with a new one; 5xx, timeouts and connection errors are retried with
-backoff; 400 is Okta rejecting the payload (dead letter with ``errorCauses``); 403 and
-404 mean this provider cannot send at all until an operator acts.
+backoff; 400 is Okta rejecting the payload: the subjects its ``errorCauses`` name
+(``events[i].subjects[j]...``) are traced back to their signals and only those are
+dead-lettered, or the whole batch when a cause names none; 403 and 404 mean this
+provider cannot send at all until an operator acts.
 """
 
 from __future__ import annotations
