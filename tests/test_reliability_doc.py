@@ -50,3 +50,7 @@ def test_every_row_of_reliability_md_names_a_test() -> None:
     assert len(rows) > 40
     bare = [row.split("|")[1].strip() for row in rows if not _REF.search(row)]
     assert not bare, f"rows of docs/reliability.md without a test: {bare}"
+    # fault | what happens | proven by | figure: a test named in another column is a typo
+    misplaced = [row for row in rows if _REF.search("|".join(row.split("|")[:3]))]
+    assert not misplaced
+    assert all(row.count("|") == 5 for row in rows), [r for r in rows if r.count("|") != 5]
