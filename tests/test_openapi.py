@@ -8,6 +8,7 @@ without auth, and for any item the JSON Schema and ``parse_items`` give the same
 
 from __future__ import annotations
 
+import ast
 import re
 import socket
 from collections.abc import AsyncIterator
@@ -21,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.specs.openapi.definitions import OPENAPI_31_VALIDATOR
 
+from forwarder import ingest as ingest_module
 from forwarder.bodies import SUPPORTED_CODINGS, UnsupportedCoding, decode_body
 from forwarder.clock import FakeClock
 from forwarder.ingest import MAX_DETAILS, IngestApi
@@ -74,6 +76,29 @@ def test_routes_of_the_app_are_the_documented_operations() -> None:
         for method in operations
     }
     assert served == documented
+
+
+def _statuses_answered_by_ingest() -> set[int]:
+    """Every status forwarder/ingest.py answers with: ``_error(N, ...)`` and ``status=N``."""
+    tree = ast.parse(Path(ingest_module.__file__).read_text())
+    found: set[int] = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        name = getattr(node.func, "id", getattr(node.func, "attr", ""))
+        values = [kw.value for kw in node.keywords if kw.arg == "status"]
+        if name == "_error" and node.args:
+            values.append(node.args[0])
+        found |= {v.value for v in values if isinstance(v, ast.Constant) and type(v.value) is int}
+    return found
+
+
+def test_every_status_the_handler_answers_is_documented() -> None:
+    """A new answer in ingest.py cannot go undocumented (401 is there when tokens are)."""
+    statuses = _statuses_answered_by_ingest()
+    assert {202, 400, 401, 408, 413, 415, 503} <= statuses  # the scan sees the handler
+    documented = {int(c) for c in _ingest().openapi()["paths"]["/v1/signals"]["post"]["responses"]}
+    assert statuses == documented
 
 
 def test_the_document_states_the_validators_rules_and_the_configured_limits() -> None:
