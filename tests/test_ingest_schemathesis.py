@@ -10,7 +10,9 @@ Two rules of the API cannot be written in JSON Schema and are stated in the docu
 descriptions instead: a ``timestamp`` must lie in [now - max_age_s, now + 5 min], and
 ``provider`` must name a configured provider. For cases Schemathesis generates as
 *valid*, the test puts those two fields inside the rules (keeping their presence and
-null-ness); invalid cases are sent exactly as generated.
+null-ness); invalid cases are sent exactly as generated. Bodies are compressed as the
+case's ``Content-Encoding`` header (a documented parameter) says, so the codings are
+fuzzed too: a valid case really is gzip when it says gzip.
 """
 
 from __future__ import annotations
