@@ -91,6 +91,7 @@ class _GuardedHandler(RequestHandler):
         super().__init__(*args, **kwargs)
         self._header_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
+        self._body_payload: Any = None
         self._refused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -125,6 +126,9 @@ class _GuardedHandler(RequestHandler):
         waiting = self._waiter is not None and not self._waiter.done()
         before = self._request_count
         super().data_received(data)
+        payload = self._body_payload
+        if payload is not None and payload.is_eof():  # body complete: no timer left behind
+            self._cancel_body_timer()
         if self._request_count != before:
             self._cancel_header_timer()
             self._watch_body()
@@ -159,13 +163,20 @@ class _GuardedHandler(RequestHandler):
         _, payload = self._messages[-1]
         if payload.is_eof():
             return
+        self._cancel_body_timer()
+        timeout = self.limits.body_timeout_s
+        self._body_payload = payload
+        self._body_timer = self._loop.call_later(timeout, self._body_timed_out, payload)
+
+    def _cancel_body_timer(self) -> None:
         if self._body_timer is not None:
             self._body_timer.cancel()
-        timeout = self.limits.body_timeout_s
-        self._body_timer = self._loop.call_later(timeout, self._body_timed_out, payload)
+            self._body_timer = None
+        self._body_payload = None
 
     def _body_timed_out(self, payload: Any) -> None:
         self._body_timer = None
+        self._body_payload = None
         if not payload.is_eof() and payload.exception() is None:
             timeout = self.limits.body_timeout_s
             structlog.get_logger("forwarder.http").info("http_body_timeout", timeout_s=timeout)
@@ -175,9 +186,7 @@ class _GuardedHandler(RequestHandler):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._cancel_header_timer()
-        if self._body_timer is not None:
-            self._body_timer.cancel()
-            self._body_timer = None
+        self._cancel_body_timer()
         super().connection_lost(exc)
 
     def handle_error(

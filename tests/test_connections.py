@@ -172,3 +172,18 @@ async def test_metrics_port_closes_idle_and_caps_connections(h: Harness) -> None
         async with connect(daemon.metrics_url) as (r3, w3):
             w3.write(scrape)
             assert (await read_answer(r3))[0] == 503
+
+
+async def test_body_sent_in_parts_within_body_timeout_is_accepted(h: Harness) -> None:
+    """A body arriving in pieces before body_timeout_s is stored; the connection lives on."""
+    daemon = await h.start(ingest=FAST)
+    statuses = []
+    async with connect(daemon.ingest_url) as (reader, writer):
+        for _ in range(2):
+            whole = request()
+            writer.write(whole[:-10])
+            await asyncio.sleep(0.15)
+            writer.write(whole[-10:])
+            statuses.append((await read_answer(reader))[0])
+            await asyncio.sleep(0.45)  # past the body timeout of the request before
+    assert statuses == [202, 202]
