@@ -29,14 +29,20 @@ from forwarder.bodies import (
 )
 from forwarder.clock import Clock
 from forwarder.errors import StoreError, StoreFull
+from forwarder.ingest_openapi import (
+    JSON_MEDIA_TYPE,
+    NDJSON_MEDIA_TYPES,
+    OPENAPI_PATH,
+    openapi_document,
+)
 from forwarder.serving import BodyTimeout
 from forwarder.signals import Problem, Signal, parse_items
 from forwarder.store.base import Store
 
 __all__ = ["IngestApi", "IngestObserver"]
 
-_JSON = "application/json"
-_NDJSON = ("application/x-ndjson", "application/ndjson", "application/jsonl")
+_JSON = JSON_MEDIA_TYPE
+_NDJSON = NDJSON_MEDIA_TYPES
 
 
 class IngestObserver(Protocol):
@@ -119,7 +125,20 @@ class IngestApi:
         """
         app = web.Application(client_max_size=self._max_body)
         app.router.add_post("/v1/signals", self._post_signals)
+        app.router.add_get(OPENAPI_PATH, self._openapi)
         return app
+
+    def openapi(self) -> dict[str, Any]:
+        """The OpenAPI 3.1 document of this API as configured (served without auth)."""
+        return openapi_document(
+            max_body_bytes=self._max_body,
+            max_age_s=self._max_age_ms / 1000,
+            auth=bool(self._tokens),
+            max_details=MAX_DETAILS,
+        )
+
+    async def _openapi(self, request: web.Request) -> web.Response:
+        return web.json_response(self.openapi())
 
     def _authorized(self, request: web.Request) -> bool:
         if not self._tokens:
