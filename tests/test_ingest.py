@@ -417,3 +417,15 @@ async def test_a_400_does_not_echo_a_huge_unknown_key(api: Api) -> None:
     details = answer["details"]
     assert isinstance(details, list)
     assert details[0]["field"] == "k" * 64
+
+
+async def test_unknown_provider_is_named_without_listing_the_configured_ones(api: Api) -> None:
+    """A 400 for an unknown provider names what was sent and counts, not lists, the others."""
+    status, answer, _ = await api.post([{"ip": "192.0.2.1", "riskLevel": "LOW", "provider": "zz"}])
+    assert status == 400
+    details = answer["details"]
+    assert isinstance(details, list)
+    message = details[0]["message"]
+    assert "'zz'" in message
+    assert "2 providers are configured" in message
+    assert "a, b" not in message
