@@ -101,16 +101,32 @@ class Live:
         return self.loop.run_until_complete(go())
 
     def pending(self) -> dict[tuple[str, str], int]:
+        """Per (provider, ip) waiting, the newest observation time: targeted entries, and
+        each broadcast entry for every provider whose cursor has not passed it."""
         with contextlib.closing(sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)) as db:
-            rows = db.execute("SELECT provider, ip, ts_ms FROM pending").fetchall()
-        return {(p, ip): ts for p, ip, ts in rows}
+            rows = db.execute(_PENDING).fetchall()
+        out: dict[tuple[str, str], int] = {}
+        for p, ip, ts in rows:
+            out[(p, ip)] = max(ts, out.get((p, ip), ts))
+        return out
+
+
+_PENDING = """
+SELECT provider, ip, ts_ms FROM targeted
+UNION ALL
+SELECT c.provider, s.ip, s.ts_ms FROM signals AS s JOIN cursors AS c
+    ON c.risk = s.risk AND s.seq > c.seq
+WHERE NOT EXISTS (
+    SELECT 1 FROM done AS d WHERE d.provider = c.provider AND d.risk = s.risk AND d.seq = s.seq
+)
+"""
 
 
 @contextlib.contextmanager
 def live_ingest(tmp: Path) -> Iterator[Live]:
     loop = asyncio.new_event_loop()
     db = tmp / "f.db"
-    store = SqliteStore(db, max_pending=10_000_000)
+    store = SqliteStore(db, max_pending=10_000_000, providers=PROVIDERS)
 
     serving = contextlib.AsyncExitStack()
 
