@@ -101,6 +101,7 @@ class Dispatcher:
         *,
         provider: str,
         store: Store,
+        call_log_key: str | None = None,
         sender: Sender,
         budget: CallBudget,
         clock: Clock,
@@ -114,6 +115,9 @@ class Dispatcher:
         rng: random.Random | None = None,
     ) -> None:
         self.provider = provider
+        #: What the call log is kept under: the Okta app (org + client id) the budget
+        #: belongs to, so a renamed or changed provider keeps its window.
+        self.call_log_key = call_log_key or provider
         self.budget = budget
         self.state = ProviderState()
         self._store = store
@@ -240,7 +244,7 @@ class Dispatcher:
         async def spend() -> None:
             nonlocal spent_at, started
             spent_at = self.budget.spend()
-            await self._store.record_call(self.provider, spent_at)
+            await self._store.record_call(self.call_log_key, spent_at)
             # The call's duration starts here, not before a token request it may need.
             started = self._clock.monotonic()
 
