@@ -90,6 +90,22 @@ def register(sub: Any) -> None:
         help="rate window (Okta's is 60; shorten only for benchmarks)",
     )
     sandbox.add_argument("--token-lifetime", type=int, default=3600, help="access token seconds")
+    sandbox.add_argument(
+        "--orgs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="stand in for N customer orgs: each service app is its own org "
+        "(own risk provider, window and tokens)",
+    )
+    sandbox.add_argument(
+        "--public-key",
+        metavar="FILE",
+        help="with --orgs: register N apps with this public JWK (and the scope) at start",
+    )
+    sandbox.add_argument(
+        "--orgs-file", metavar="FILE", help="with --public-key: write the apps' client ids here"
+    )
     sandbox.set_defaults(func=_cmd_sandbox)
 
     demo = sub.add_parser(
