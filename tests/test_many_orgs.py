@@ -48,8 +48,7 @@ async def test_readyz_and_metrics_stay_bounded_at_1000_orgs(tmp_path: Path) -> N
         status, _ = await h.post(items)
         assert status == 202
         await h.until(
-            lambda: sum(d.state.status == "failing" for d in daemon.dispatchers.values())
-            == FAILING
+            lambda: sum(d.state.status == "failing" for d in daemon.dispatchers.values()) == FAILING
         )
         async with h.session.get(f"{daemon.metrics_url}/readyz") as resp:
             raw = await resp.read()
