@@ -287,3 +287,28 @@ def test_drop_in_problems_name_their_file(tmp_path: Path) -> None:
     assert "missing.json does not exist" in text
     assert "'acme' is used more than once" in text
     assert str(drop / "twin.toml") in text
+
+
+def test_config_check_names_the_drop_in_file(tmp_path: Path) -> None:
+    """`forwarder config check` exits 2 naming the drop-in file and its problem."""
+    from tests.procs import cli  # noqa: PLC0415
+
+    drop = tmp_path / "providers.d"
+    drop.mkdir()
+    (drop / "globex.toml").write_text(
+        '[[providers]]\nname = "globex"\norg_url = "https://globex-admin.okta.com"\n'
+        'client_id = "0oa9"\nprivate_key_file = "k.json"\n'
+    )
+    config = tmp_path / "forwarder.toml"
+    config.write_text('provider_files = ["providers.d/*.toml"]\n')
+    result = cli("config", "check", "--config", str(config))
+    assert result.returncode == 2
+    assert f"{drop / 'globex.toml'}: providers[globex].org_url" in result.stderr
+    assert "Admin Console URL" in result.stderr
+    write_private_key(tmp_path / "k.json", generate_signing_key("ES256"), force=True)
+    (drop / "globex.toml").write_text(
+        (drop / "globex.toml").read_text().replace("globex-admin", "globex")
+    )
+    result = cli("config", "check", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "1 provider(s): globex" in result.stdout
