@@ -26,7 +26,6 @@ import signal
 import socket
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import structlog
@@ -45,22 +44,19 @@ from forwarder.config import (
     resolve_path,
 )
 from forwarder.dispatcher import Dispatcher
-from forwarder.errors import ConfigError, StoreError
+from forwarder.errors import ConfigError
 from forwarder.ingest import IngestApi
 from forwarder.okta.events import RiskEventsSender
 from forwarder.okta.keys import KeyCache, KeyFileError, SigningKey
 from forwarder.okta.tokens import TokenSource
 from forwarder.ratelimit import CallBudget
-from forwarder.signals import RiskLevel, format_ms
 from forwarder.store.sqlite import SqliteStore
 from forwarder.supervisor import Supervisor
 from forwarder.telemetry import (
-    BudgetView,
     Metrics,
-    drain_estimate_s,
     health_app,
-    readiness_body,
 )
+from forwarder.view import DaemonView
 
 __all__ = ["Daemon", "run_until_signalled"]
 
@@ -119,10 +115,16 @@ class Daemon:
         self._supervisor: Supervisor | None = None
         self._session: aiohttp.ClientSession | None = None
         self._ingest: IngestApi | None = None
-        self._oldest: dict[str, Mapping[RiskLevel, int]] = {}
+        #: What telemetry reads (``/readyz``, scrape-time gauges).
+        self.view = DaemonView(self)
         self._reload_wanted = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._log = structlog.get_logger("forwarder")
+
+    @property
+    def ingest(self) -> IngestApi | None:
+        """The ingest API once it is built."""
+        return self._ingest
 
     @property
     def dispatchers(self) -> Mapping[str, Dispatcher]:
@@ -234,11 +236,13 @@ class Daemon:
                 max_age_s=s.dispatch.max_age_s,
                 observer=self.metrics,
             )
-            self.metrics.attach(self, capacity=s.store.max_pending, max_age_s=s.dispatch.max_age_s)
+            self.metrics.attach(
+                self.view, capacity=s.store.max_pending, max_age_s=s.dispatch.max_age_s
+            )
             # Ingest and liveness open first: signals are stored while dispatchers start.
             async with (
                 _serve(self._ingest.app(), ingest_sock),
-                _serve(health_app(self.metrics, self.readiness), metrics_sock),
+                _serve(health_app(self.metrics, self.view.readiness), metrics_sock),
                 asyncio.TaskGroup() as tg,
             ):
                 self.ingest_url = _url(ingest_sock)
@@ -248,7 +252,7 @@ class Daemon:
                 for p in s.providers:
                     await self._supervisor.start(p.name, await self._dispatcher(p, keys[p.name]))
                 self.metrics.config_loaded(ok=True, at=self.clock.time())
-                await self.refresh()
+                await self.view.refresh()
                 self._log.info(
                     "forwarder_started",
                     version=__version__,
@@ -360,128 +364,8 @@ class Daemon:
             },
         )
 
-    # -- readiness and live metrics (telemetry.LiveSource) ---------------------------
-
-    def _ingest_up(self) -> bool:
-        return self._ingest is not None and self._ingest.accepting and self.ready.is_set()
-
     def is_ready(self) -> bool:
-        return self.store is not None and self.store.writable and self._ingest_up()
-
-    def provider_entry(self, name: str, d: Dispatcher, now: float) -> dict[str, Any]:
-        """What ``/readyz`` says about one provider."""
-        store = self.store
-        st = d.state
-        entry: dict[str, Any] = {
-            "state": st.status,
-            "pending": sum(store.pending_counts(name).values()) if store else None,
-            "dead_letters": store.dead_letter_count(name) if store else None,
-            "next_call_in_s": round(max(0.0, d.next_call_at() - now), 3),
-            "last_call_at": _iso(st.last_call_at),
-            "last_outcome": st.last_outcome,
-        }
-        if st.status != "ok":
-            entry.update(
-                last_error=st.last_error,
-                hint=st.hint,
-                until=_iso(st.until),
-                retry_in_s=round(max(0.0, st.until - now), 3) if st.until else None,
-            )
-        return entry
-
-    async def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """``/readyz``: 200 when the store is writable, ingest listens and dispatchers run.
-
-        Tokens are not waited for: at 1,000 orgs they take a while, and one org's
-        credentials must not keep the others' signals out. A provider's trouble
-        (failing credentials, 429s, Okta errors) is reported in the body, never as
-        not-ready: restarting or unrouting the pod cannot fix it and would stop every
-        other provider's intake too. The body is bounded: a count of providers by state
-        and the first providers that are not ok; ``forwarder status`` has every one.
-        """
-        store = self.store
-        store_ok = store is not None and (store.writable or await store.probe_writable())
-        ingest_ok = self._ingest_up()
-        now = self.clock.time()
-        dispatchers = self.dispatchers
-        states = {name: d.state.status for name, d in dispatchers.items()}
-        body = readiness_body(
-            states,
-            detail=lambda name: self.provider_entry(name, dispatchers[name], now),
-        )
-        ready = store_ok and ingest_ok
-        return ready, {
-            "status": "ready" if ready else "not_ready",
-            "store": "writable" if store_ok else "unavailable",
-            "ingest": "listening" if ingest_ok else "not_accepting",
-            "dispatchers": "running" if self.ready.is_set() else "starting",
-            **body,
-        }
-
-    def providers(self) -> Sequence[str]:
-        return list(self.dispatchers)
-
-    def store_entries(self) -> int:
-        return self.store.pending_total() if self.store else 0
-
-    def pending_counts(self, provider: str) -> Mapping[RiskLevel, int]:
-        return self.store.pending_counts(provider) if self.store else {}
-
-    def dead_letter_count(self, provider: str) -> int:
-        return self.store.dead_letter_count(provider) if self.store else 0
-
-    def oldest_pending_ms(self, provider: str) -> Mapping[RiskLevel, int]:
-        return self._oldest.get(provider, {})
-
-    def budget(self, provider: str) -> BudgetView:
-        d = self.dispatchers[provider]
-        b = d.budget
-        now = self.clock.time()
-        wait = max(0.0, d.next_call_at() - now)
-        # While Okta said "wait" (429 or Remaining: 0) no call is allowed, whatever our
-        # own sliding window says.
-        remaining = 0 if b.blocked_until() > now else b.remaining()
-        pending = sum(self.pending_counts(provider).values())
-        drain = drain_estimate_s(
-            pending=pending,
-            per_call=d.max_per_call,
-            calls=b.calls,
-            window_s=b.window_s,
-            next_call_s=wait,
-        )
-        return BudgetView(
-            calls=b.calls,
-            window_s=b.window_s,
-            remaining=remaining,
-            next_call_s=wait,
-            server_remaining=b.server_remaining,
-            drain_s=drain,
-        )
-
-    def provider_status(self, provider: str) -> str:
-        return self.dispatchers[provider].state.status
-
-    async def refresh(self) -> None:
-        if self.store is None:
-            return
-        if not self.store.writable:
-            # forwarder_ready recovers on a scrape too, where nothing polls /readyz.
-            await self.store.probe_writable()
-        try:
-            await self.store.refresh_dead_letter_counts()
-        except StoreError as exc:
-            self._log.warning("metrics_refresh_failed", error=str(exc))
-        for name in list(self.dispatchers):
-            try:
-                self._oldest[name] = await self.store.oldest_pending_ms(name)
-            except StoreError as exc:
-                # A scrape still answers (with the previous ages); readiness reports the store.
-                self._log.warning("metrics_refresh_failed", error=str(exc))
-                return
-
-
-def _iso(epoch_s: float | None) -> str | None:
-    return format_ms(int(epoch_s * 1000)) if epoch_s is not None else None
+        return self.view.is_ready()
 
 
 async def run_until_signalled(daemon: Daemon) -> None:

@@ -42,7 +42,7 @@ async def test_ready_provider_is_counted_not_listed(h: Harness) -> None:
     assert body["summary"] == {"providers": 1, "ok": 1}
     assert body["providers"] == {}
     assert body["providers_not_listed"] == 0
-    acme = daemon.provider_entry("acme", daemon.dispatchers["acme"], h.clock.time())
+    acme = daemon.view.provider_entry("acme", daemon.dispatchers["acme"], h.clock.time())
     assert acme["last_outcome"] == "accepted"
     assert acme["last_call_at"] == format_ms(int(h.org.event_calls[0].at * 1000))
 

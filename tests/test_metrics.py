@@ -215,7 +215,7 @@ async def test_call_outcomes_match_what_okta_answered(tmp_path: Path) -> None:
         daemon = await h.start()
         h.org.fail_events(503, 401, 400)
         await post(h, [{"ip": ip, "riskLevel": "HIGH"} for ip in ips(4)])
-        await h.until(lambda: daemon.dead_letter_count("acme") == 4)
+        await h.until(lambda: daemon.view.dead_letter_count("acme") == 4)
         await post(h, [{"ip": ip, "riskLevel": "HIGH"} for ip in ips(2, offset=10)])
         await h.until(lambda: len(h.delivered(cid)) >= 2)
         s = await scrape(h)
