@@ -283,7 +283,12 @@ class Daemon:
         while True:
             await self._reload_wanted.wait()
             self._reload_wanted.clear()
-            await self.reload()
+            try:
+                await self.reload()
+            except Exception as exc:
+                # A bug in applying a config must not stop a daemon serving every org.
+                self._log.exception("config_reload_crashed", error=f"{type(exc).__name__}: {exc}")
+                self.metrics.config_loaded(ok=False, at=self.clock.time())
 
     async def reload(self) -> bool:
         """Re-read the config file and apply it; False (old config kept) when it is invalid."""
@@ -294,6 +299,9 @@ class Daemon:
             try:
                 # Parsing, globbing drop-ins and reading changed key files stay off the loop.
                 new, _ = await asyncio.to_thread(load_settings, self.config_path, keys=self.keys)
+                old = {p.name: p for p in self.settings.providers}
+                starting = [p for p in new.providers if old.get(p.name) != p]
+                keys = await asyncio.to_thread(self._load_keys, starting)
             except ConfigError as exc:
                 for problem in exc.problems:
                     self._log.error("config_reload_problem", problem=problem)
@@ -304,11 +312,11 @@ class Daemon:
                 )
                 self.metrics.config_loaded(ok=False, at=self.clock.time())
                 return False
-            await self._apply(new)
+            await self._apply(new, keys)
             self.metrics.config_loaded(ok=True, at=self.clock.time())
             return True
 
-    async def _apply(self, new: Settings) -> None:
+    async def _apply(self, new: Settings, keys: Mapping[str, SigningKey]) -> None:
         assert self._supervisor is not None
         assert self._ingest is not None
         sup = self._supervisor
@@ -331,7 +339,6 @@ class Daemon:
         self.settings = self.settings.model_copy(
             update={"providers": new.providers, "provider_files": new.provider_files}
         )
-        keys = await asyncio.to_thread(self._load_keys, [wanted[n] for n in added + changed])
         self.metrics.add_providers(added)
         # Ingest routes to the new set at once (a removed name gets its 400 from here on).
         self._ingest.set_providers(list(wanted))
