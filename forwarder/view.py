@@ -159,13 +159,17 @@ class DaemonView:
             await self.store.refresh_dead_letter_counts()
         except StoreError as exc:
             self._log.warning("metrics_refresh_failed", error=str(exc))
-        for name in list(self.dispatchers):
-            try:
-                self._oldest[name] = await self.store.oldest_pending_ms(name)
-            except StoreError as exc:
-                # A scrape still answers (with the previous ages); readiness reports the store.
-                self._log.warning("metrics_refresh_failed", error=str(exc))
-                return
+        store = self.store
+        # Only orgs with something waiting have an age to read; at 1,000 orgs the reads
+        # go to the store thread in one hop (one hop each cost ~7 ms under load: 7 s).
+        waiting = [n for n in self.dispatchers if any(store.pending_counts(n).values())]
+        for name in set(self._oldest) - set(waiting):
+            del self._oldest[name]
+        try:
+            self._oldest.update(await store.oldest_pending_many(waiting))
+        except StoreError as exc:
+            # A scrape still answers (with the previous ages); readiness reports the store.
+            self._log.warning("metrics_refresh_failed", error=str(exc))
 
 
 def _iso(epoch_s: float | None) -> str | None:

@@ -291,9 +291,18 @@ def _tenant_rows(r: dict[str, Any]) -> Iterable[Sequence[str]]:
         "/readyz KiB; /metrics MB, scrape s",
         f"{r['readyz_bytes'] / 1024:.1f}; {r['metrics_bytes'] / 1e6:.2f}, "
         f"{r['metrics_scrape_s']:.2f}",
-        "",
+        "idle",
         "",
         "< 64; < 5, < 1",
+    )
+    yield (
+        "",
+        "",
+        f"{r['readyz_bytes_backlog'] / 1024:.1f}; {r['metrics_bytes_backlog'] / 1e6:.2f}, "
+        f"{r['metrics_scrape_backlog_s']:.2f}",
+        "every org has a backlog",
+        "",
+        "",
     )
 
 

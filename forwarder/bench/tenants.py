@@ -163,6 +163,9 @@ async def tenants(ctx: Context) -> dict[str, Any]:
         try:
             ctx.say(f"tenants: {feed:,} broadcast IPs to every org")
             fed_at = await _feed(daemon, feed)
+            # A scrape while every org has a backlog (the expensive case), then idle.
+            busy_bytes, busy_scrape_s = await _scrape(f"{daemon.metrics_url}/metrics")
+            busy_readyz_bytes, busy_readyz_s = await _scrape(f"{daemon.metrics_url}/readyz")
             deadline = time.monotonic() + max(120.0, 20 * window_s)
             while True:
                 tallies = await _tallies(url, token)
@@ -225,6 +228,10 @@ async def tenants(ctx: Context) -> dict[str, Any]:
         "readyz_bytes": readyz_bytes,
         "metrics_bytes": metrics_bytes,
         "metrics_scrape_s": round(scrape_s, 3),
+        "metrics_bytes_backlog": busy_bytes,
+        "metrics_scrape_backlog_s": round(busy_scrape_s, 3),
+        "readyz_bytes_backlog": busy_readyz_bytes,
+        "readyz_backlog_s": round(busy_readyz_s, 3),
         "intake_signals_per_s": rate_n,
         "intake_signals_per_s_one_org": rate_1,
         "intake_ratio": ratio(rate_n, rate_1),

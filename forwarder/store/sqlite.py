@@ -581,6 +581,16 @@ class SqliteStore:
     async def oldest_pending_ms(self, provider: str) -> Mapping[RiskLevel, int]:
         return await self._run(oldest_by_level, self._db, provider)
 
+    async def oldest_pending_many(
+        self, providers: Sequence[str]
+    ) -> dict[str, Mapping[RiskLevel, int]]:
+        """:meth:`oldest_pending_ms` of several providers in one trip to the store thread."""
+
+        def read() -> dict[str, Mapping[RiskLevel, int]]:
+            return {p: oldest_by_level(self._db, p) for p in providers}
+
+        return await self._run(read)
+
     # -- provider state and health ---------------------------------------------------
 
     async def record_provider_state(self, record: ProviderRecord) -> None:
