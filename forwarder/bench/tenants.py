@@ -13,7 +13,8 @@ and the scenario measures, in order:
 5. start-up again with N distinct key files (copies of the vendor key: every file is
    read and checked on its own, which is what costs).
 
-Peak RSS is the daemon's over steps 1 to 4.
+Peak RSS is the daemon's over steps 1 to 4, and over steps 1 and 2 alone (the feed and
+its delivery, before the intake load).
 """
 
 from __future__ import annotations
@@ -179,6 +180,7 @@ async def tenants(ctx: Context) -> dict[str, Any]:
             delivered = sum(min(feed, t["distinct_ips"]) for t in tallies.values())
             readyz_bytes, _ = await _scrape(f"{daemon.metrics_url}/readyz")
             metrics_bytes, scrape_s = await _scrape(f"{daemon.metrics_url}/metrics")
+            peak_feed = daemon.peak_rss_mib()
             ctx.say(f"tenants: intake at {orgs:,} orgs")
             at_n = await _intake(ctx, daemon, plan.tenant_intake_s)
             cpu_n = daemon.proc.cpu_cores if daemon.proc else None
@@ -240,6 +242,7 @@ async def tenants(ctx: Context) -> dict[str, Any]:
         "intake_statuses": at_n["statuses"],
         "daemon_cpu_cores_during_intake": cpu_n,
         "peak_rss_mib": peak,
+        "peak_rss_mib_feed_and_delivery": peak_feed,
         "check": {
             "unit": "org-IP pairs of the broadcast feed",
             "sent": orgs * feed,
