@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import structlog
 
@@ -34,12 +35,15 @@ class Supervisor:
         self._group = group
         self._running: dict[str, _Running] = {}
         self._stopping: dict[str, _Running] = {}
+        # Read at every scrape for each of 1,000 orgs: a live view, never a fresh copy.
+        self._dispatchers: dict[str, Dispatcher] = {}
+        self._view = MappingProxyType(self._dispatchers)
         self._log = structlog.get_logger("forwarder.supervisor")
 
     @property
     def running(self) -> Mapping[str, Dispatcher]:
-        """Running dispatchers by provider name (a snapshot)."""
-        return {name: r.dispatcher for name, r in self._running.items()}
+        """Running dispatchers by provider name (a read-only live view)."""
+        return self._view
 
     def get(self, name: str) -> Dispatcher | None:
         """The running dispatcher of ``name``, or the stopping one while it finishes."""
@@ -59,9 +63,11 @@ class Supervisor:
         stop = asyncio.Event()
         task = self._group.create_task(dispatcher.run(stop), name=f"dispatch:{name}")
         self._running[name] = _Running(dispatcher, stop, task)
+        self._dispatchers[name] = dispatcher
 
     def _begin_stop(self, name: str) -> _Running:
         entry = self._running.pop(name)
+        del self._dispatchers[name]
         self._stopping[name] = entry
         entry.stop.set()
         return entry
