@@ -271,6 +271,7 @@ class Daemon:
                 grace = self.settings.dispatch.shutdown_grace_s
                 self._log.info("forwarder_draining", grace_s=grace)
                 await self._supervisor.shutdown(grace)
+            await self.view.close()
             self._log.info("forwarder_stopped", pending=store.pending_total())
 
     # -- reload ----------------------------------------------------------------------

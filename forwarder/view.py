@@ -22,7 +22,10 @@ if TYPE_CHECKING:
     from forwarder.app import Daemon
     from forwarder.store.sqlite import SqliteStore
 
-__all__ = ["DaemonView"]
+__all__ = ["REFRESH_WAIT_S", "DaemonView"]
+
+#: Longest a scrape waits for the store before answering with the previous values.
+REFRESH_WAIT_S = 0.5
 
 
 class DaemonView:
@@ -31,6 +34,7 @@ class DaemonView:
     def __init__(self, daemon: Daemon) -> None:
         self._daemon = daemon
         self._oldest: dict[str, Mapping[RiskLevel, int]] = {}
+        self._refreshing: asyncio.Future[None] | None = None
         self._log = structlog.get_logger("forwarder")
 
     @property
@@ -150,6 +154,25 @@ class DaemonView:
         return self.dispatchers[provider].state.status
 
     async def refresh(self) -> None:
+        """Update the values that need the store, waiting at most ``REFRESH_WAIT_S``.
+
+        The store thread may be busy behind a long write (an ack of 1,000 rows, a burst of
+        intake): a scrape then answers with the values of the refresh before, and the
+        refresh in flight finishes in the background (one at a time).
+        """
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.ensure_future(self._refresh())
+        await asyncio.wait({self._refreshing}, timeout=REFRESH_WAIT_S)
+        if self._refreshing.done():
+            self._refreshing.result()
+
+    async def close(self) -> None:
+        """Cancel a refresh still in flight (the daemon is stopping)."""
+        if self._refreshing is not None and not self._refreshing.done():
+            self._refreshing.cancel()
+            await asyncio.wait({self._refreshing})
+
+    async def _refresh(self) -> None:
         if self.store is None:
             return
         if not self.store.writable:
