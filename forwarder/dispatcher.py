@@ -39,7 +39,7 @@ from forwarder.errors import (
     StoreError,
 )
 from forwarder.ratelimit import CallBudget
-from forwarder.signals import RiskLevel, Signal
+from forwarder.signals import EXPIRY_MARGIN_MS, RiskLevel, Signal
 from forwarder.store.base import ProviderRecord, Store
 
 __all__ = ["DispatchObserver", "Dispatcher", "ProviderState", "Sender"]
@@ -63,8 +63,12 @@ class Sender(Protocol):
     ) -> Delivery:
         """Deliver one batch, awaiting ``spend()`` just before the call goes out.
 
+        ``spend()`` may raise (the daemon is stopping): the call must then not be made,
+        and the exception must propagate.
+
         Raises ``RetryableSendError``, ``PermanentSendError``, ``InvalidCredentials`` or
-        ``AuthError``; returns only when the receiver accepted the whole batch.
+        ``AuthError``; returns only when the receiver accepted the whole batch. A
+        ``PermanentSendError`` whose ``rejected`` names signals blames only those.
         """
         ...
 
@@ -79,6 +83,10 @@ class DispatchObserver(Protocol):
     def retried(self, provider: str, reason: str) -> None: ...
 
     def dead_lettered(self, provider: str, count: int) -> None: ...
+
+
+class _Stopped(Exception):
+    """Raised by ``spend()`` when the daemon stopped before the call went out."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +116,7 @@ class Dispatcher:
         linger_s: float = 2.0,
         pace_s: float | None = None,
         max_age_s: float = 86_400.0,
-        expiry_margin_s: float = 5.0,
+        expiry_margin_s: float = EXPIRY_MARGIN_MS / 1000,
         backoff_base_s: float = 1.0,
         backoff_max_s: float = 300.0,
         observer: DispatchObserver | None = None,
@@ -187,7 +195,7 @@ class Dispatcher:
                     await self._wait(wait, changed, stop)
                     continue
             try:
-                await self._attempt()
+                await self._attempt(stop)
             except Exception as exc:
                 # Store trouble (a full disk) or a bug: this provider backs off and
                 # retries; the daemon and the other providers carry on.
@@ -213,7 +221,7 @@ class Dispatcher:
 
     # -- one call --------------------------------------------------------------------
 
-    async def _attempt(self) -> None:
+    async def _attempt(self, stop: asyncio.Event) -> None:
         # Credentials first: a slow token request must not eat into leased signals'
         # expiry margin (a subject is never sent after its own expiry).
         try:
@@ -225,6 +233,10 @@ class Dispatcher:
         except AuthError as exc:
             self._backoff("token", str(exc))
             await self._persist_state()
+            return
+        if stop.is_set():
+            # Stopped while the token request was out: after SIGTERM only calls already
+            # on the wire may finish, so no new batch is leased or sent.
             return
         now = self._clock.time()
         lease = await self._store.lease(
@@ -243,6 +255,10 @@ class Dispatcher:
 
         async def spend() -> None:
             nonlocal spent_at, started
+            if stop.is_set():
+                # The last moment before a call goes out (the sender may have needed a
+                # new token after the lease): a stopping daemon starts no call.
+                raise _Stopped
             spent_at = self.budget.spend()
             await self._store.record_call(self.call_log_key, spent_at)
             # The call's duration starts here, not before a token request it may need.
@@ -250,23 +266,38 @@ class Dispatcher:
 
         try:
             delivery = await self._sender.send(lease.signals, spend=spend)
+        except _Stopped:
+            await self._store.release(lease)
+            return
         except RetryableSendError as exc:
             await self._store.release(lease)
             self._after_call(spent_at, exc.outcome, started)
             self.budget.observe(exc.window)
             self._retryable(exc, len(lease.signals))
         except PermanentSendError as exc:
-            await self._store.dead_letter(
-                lease, reason=str(exc), causes=exc.causes, at=self._clock.time()
-            )
+            if exc.rejected:
+                # Only the blamed subjects are dead; the rest go in the next call (a
+                # normal call of the budget), HIGH first as always.
+                moved = await self._store.dead_letter_some(
+                    lease,
+                    {s.ip: causes for s, causes in exc.rejected},
+                    reason=str(exc),
+                    at=self._clock.time(),
+                )
+            else:
+                await self._store.dead_letter(
+                    lease, reason=str(exc), causes=exc.causes, at=self._clock.time()
+                )
+                moved = len(lease.signals)
             self._after_call(spent_at, exc.outcome, started)
             self.budget.observe(exc.window)
             self._failures = 0
             if self._observer is not None:
-                self._observer.dead_lettered(self.provider, len(lease.signals))
+                self._observer.dead_lettered(self.provider, moved)
             self._log.error(
-                "batch_dead_lettered",
-                subjects=len(lease.signals),
+                "batch_dead_lettered" if moved == len(lease.signals) else "subjects_dead_lettered",
+                subjects=moved,
+                kept=len(lease.signals) - moved,
                 causes=list(exc.causes)[:10],
                 hint="Okta rejected the payload: `forwarder dead-letters list` shows it; "
                 "fix the cause, then `forwarder dead-letters requeue`",

@@ -10,7 +10,8 @@
      │    └── InvalidCredentials  Okta refused the key, client id, scope or org (operator acts)
      ├── SendError                an events call did not get a 202
      │    ├── RetryableSendError  keep the batch, try again at ``retry_at``
-     │    └── PermanentSendError  Okta rejected the payload; the batch is dead-lettered
+     │    └── PermanentSendError  Okta rejected the payload; what it names (or the batch) is
+     │                            dead-lettered
      └── AdminApiError            an Okta admin call (provisioning) was refused
 
 Retryability is a type: the dispatcher catches ``SendError`` in one place and
@@ -22,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from forwarder.delivery import ServerWindow
+from forwarder.signals import Signal
 
 __all__ = [
     "AdminApiError",
@@ -101,12 +103,23 @@ class RetryableSendError(SendError):
 
 
 class PermanentSendError(SendError):
-    """Okta rejected the payload itself (400); resending it cannot help."""
+    """The receiver rejected the payload itself (400); resending it unchanged cannot help.
+
+    ``rejected`` names the signals the receiver blamed, each with its causes: only those
+    are dead-lettered and the rest of the batch goes again. Empty when the causes name no
+    signal: then the whole batch is dead-lettered.
+    """
 
     def __init__(
-        self, message: str, *, causes: Sequence[str], outcome: str = "client_error"
+        self,
+        message: str,
+        *,
+        causes: Sequence[str],
+        outcome: str = "client_error",
+        rejected: Sequence[tuple[Signal, Sequence[str]]] = (),
     ) -> None:
         self.causes = list(causes)
+        self.rejected = list(rejected)
         super().__init__(message, outcome=outcome)
 
 

@@ -198,6 +198,29 @@ async def test_signals_older_than_max_age_are_refused(api: Api) -> None:
     assert api.store.pending_total() == 0
 
 
+@pytest.mark.parametrize(
+    ("field", "offset_s", "why"),
+    [
+        ("expiresAt", 1, "more than 65 s in the future"),
+        ("expiresAt", 5, "more than 65 s in the future"),
+        ("expiresAt", 65, "more than 65 s in the future"),
+        ("timestamp", -86_400 + 1, "expire before it could be sent"),
+    ],
+)
+async def test_signal_that_would_expire_before_its_call_is_refused(
+    api: Api, field: str, offset_s: int, why: str
+) -> None:
+    """expiresAt within 65 s or a timestamp at the max_age_s edge: 400 saying why, not a 202."""
+    now = api.ingest._clock.time()
+    when = format_ms(int((now + offset_s) * 1000))
+    status, body, _ = await api.post({"ip": "192.0.2.1", "riskLevel": "HIGH", field: when})
+    assert status == 400
+    details = body["details"]
+    assert isinstance(details, list)
+    assert [(d["field"], why in d["message"]) for d in details] == [(field, True)]
+    assert api.store.pending_total() == 0
+
+
 async def test_second_token_is_accepted(api: Api) -> None:
     """Any token of the tokens file works."""
     status, _, _ = await api.post({"ip": "192.0.2.1", "riskLevel": "LOW"}, token="other-token")

@@ -196,3 +196,40 @@ async def test_queued_rows_count_against_capacity(tmp_path: Path) -> None:
         )
         assert sum(isinstance(r, StoreFull) for r in results) >= 3
         assert s.pending_total() <= 120
+
+
+async def test_lease_skipping_expired_rows_never_repeats_an_ip(store: SqliteStore) -> None:
+    """Expired rows interleaved with fresh ones: the refilled lease holds each IP once."""
+    rows = []
+    for i in range(40):
+        # Same risk, ascending timestamps: the batch order alternates fresh / expired.
+        exp = NOW - 1 if i % 2 else None
+        rows.append((["p"], sig(f"192.0.2.{i}", ts=NOW - 1000 + i, exp=exp)))
+    await store.add(rows)
+    lease = await lease_all(store, limit=10)
+    ips = [s.ip for s in lease.signals]
+    assert ips == [f"192.0.2.{i}" for i in range(0, 20, 2)]
+    rest = await lease_all(store, limit=100)
+    assert [s.ip for s in rest.signals] == [f"192.0.2.{i}" for i in range(20, 40, 2)]
+    assert lease.expired + rest.expired == 20
+
+
+async def test_dead_letter_some_moves_named_subjects_and_releases_the_rest(
+    store: SqliteStore,
+) -> None:
+    """A partial rejection dead-letters only the named IPs, each with its cause; the rest wait."""
+    await store.add([(["p"], sig(f"192.0.2.{i}", RiskLevel.HIGH)) for i in range(5)])
+    lease = await lease_all(store)
+    moved = await store.dead_letter_some(
+        lease,
+        {"192.0.2.1": ["events[0].subjects[1].ip: bad"], "192.0.2.9": ["not in lease"]},
+        reason="Okta rejected 1 subject (400)",
+        at=2000.0,
+    )
+    assert moved == 1
+    assert store.dead_letter_count("p") == 1
+    (letter,) = await store.dead_letters("p")
+    assert (letter.signal.ip, letter.causes) == ("192.0.2.1", ("events[0].subjects[1].ip: bad",))
+    assert store.pending_counts("p") == {RiskLevel.HIGH: 4}
+    again = await lease_all(store)
+    assert sorted(s.ip for s in again.signals) == [f"192.0.2.{i}" for i in (0, 2, 3, 4)]

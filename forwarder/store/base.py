@@ -142,6 +142,13 @@ class Store(Protocol):
         """Okta rejected the batch: move what was sent to the dead-letter table."""
         ...
 
+    async def dead_letter_some(
+        self, lease: Lease, rejected: Mapping[str, Sequence[str]], *, reason: str, at: float
+    ) -> int:
+        """Okta rejected some subjects: dead-letter the signals of ``lease`` whose IP is a
+        key of ``rejected`` (with those causes), release the rest; return how many moved."""
+        ...
+
     async def record_call(self, provider: str, at: float) -> None:
         """Persist the time of an events call (the budget survives restarts)."""
         ...

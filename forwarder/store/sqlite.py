@@ -26,7 +26,7 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from forwarder.errors import StoreError, StoreFull
-from forwarder.signals import RiskLevel, Signal
+from forwarder.signals import EXPIRY_MARGIN_MS, RiskLevel, Signal, sendable
 from forwarder.store.base import (
     AddResult,
     DeadLetter,
@@ -389,7 +389,7 @@ class SqliteStore:
         limit: int,
         now_ms: int,
         max_age_ms: int,
-        expiry_margin_ms: int = 5_000,
+        expiry_margin_ms: int = EXPIRY_MARGIN_MS,
     ) -> Lease:
         lease_id = self._next_lease
         self._next_lease += 1
@@ -413,25 +413,27 @@ class SqliteStore:
     ) -> tuple[list[Signal], int, dict[str, dict[RiskLevel, int]]]:
         db = self._db
         keep: list[Signal] = []
-        fresh: list[tuple[int, str, str]] = []
         expired = 0
-        too_old = now_ms - max_age_ms
-        # A subject is never sent after its own expiry (nor within the margin of it).
-        expiry_floor = now_ms + margin_ms
         db.execute("BEGIN IMMEDIATE")
         try:
             while len(keep) < limit:
                 want = limit - len(keep)
                 rows = db.execute(_SELECT_BATCH, (provider, want)).fetchall()
                 dead: list[tuple[str, str]] = []
+                taken: list[tuple[int, str, str]] = []
                 for ip, risk, message, ts_ms, expires_ms, received_ms in rows:
-                    if ts_ms < too_old or (expires_ms is not None and expires_ms <= expiry_floor):
+                    signal = Signal(ip, RiskLevel(risk), message, ts_ms, expires_ms, received_ms)
+                    if not sendable(signal, now_ms, max_age_ms=max_age_ms, margin_ms=margin_ms):
                         dead.append((provider, ip))
                         continue
-                    keep.append(
-                        Signal(ip, RiskLevel(risk), message, ts_ms, expires_ms, received_ms)
+                    keep.append(signal)
+                    taken.append((lease_id, provider, ip))
+                # Mark as we go: the next SELECT (after dropping expired rows) must not
+                # see rows this lease already holds, or one IP would go twice in a call.
+                if taken:
+                    db.executemany(
+                        "UPDATE pending SET lease = ? WHERE provider = ? AND ip = ?", taken
                     )
-                    fresh.append((lease_id, provider, ip))
                 if dead:
                     db.executemany("DELETE FROM pending WHERE provider = ? AND ip = ?", dead)
                     expired += len(dead)
@@ -441,10 +443,12 @@ class SqliteStore:
                     # The one store thread serves every provider and ingest: purge a
                     # large expired backlog in slices, and lease nothing this time rather
                     # than send a call that more fresh rows could have filled.
-                    keep, fresh = [], []
+                    db.execute(
+                        "UPDATE pending SET lease = NULL WHERE provider = ? AND lease = ?",
+                        (provider, lease_id),
+                    )
+                    keep = []
                     break
-            if fresh:
-                db.executemany("UPDATE pending SET lease = ? WHERE provider = ? AND ip = ?", fresh)
             counts = self._read_counts() if expired else {}
             db.execute("COMMIT")
         except BaseException:
@@ -495,24 +499,8 @@ class SqliteStore:
         causes_json = json.dumps(causes)
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany(
-                "INSERT INTO dead_letters (provider, ip, risk, message, ts_ms, expires_ms,"
-                " received_ms, failed_ms, reason, causes) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                [
-                    (
-                        lease.provider,
-                        s.ip,
-                        int(s.risk),
-                        s.message,
-                        s.ts_ms,
-                        s.expires_ms,
-                        s.received_ms,
-                        failed_ms,
-                        reason,
-                        causes_json,
-                    )
-                    for s in lease.signals
-                ],
+            self._insert_dead(
+                db, lease.provider, [(s, causes_json) for s in lease.signals], reason, failed_ms
             )
             db.execute(
                 "DELETE FROM pending WHERE provider = ? AND lease = ?",
@@ -524,6 +512,86 @@ class SqliteStore:
             db.execute("ROLLBACK")
             raise
         return counts
+
+    async def dead_letter_some(
+        self,
+        lease: Lease,
+        rejected: Mapping[str, Sequence[str]],
+        *,
+        reason: str,
+        at: float,
+    ) -> int:
+        """Dead-letter the signals of ``lease`` whose IP is in ``rejected`` (each with its
+        own causes) and release the rest for the next call; return how many were moved."""
+        sent = [s for s in lease.signals if s.ip in rejected]
+        if not sent:
+            await self.release(lease)
+            return 0
+        counts = await self._run(
+            self._dead_letter_some,
+            lease,
+            [(s, json.dumps(list(rejected[s.ip]))) for s in sent],
+            reason,
+            int(at * 1000),
+        )
+        self._apply_counts(counts)
+        self._dead[lease.provider] += len(sent)
+        return len(sent)
+
+    def _dead_letter_some(
+        self,
+        lease: Lease,
+        rejected: list[tuple[Signal, str]],
+        reason: str,
+        failed_ms: int,
+    ) -> dict[str, dict[RiskLevel, int]]:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            self._insert_dead(db, lease.provider, rejected, reason, failed_ms)
+            # Only the versions sent: a row replaced in flight lost its lease and stays.
+            db.executemany(
+                "DELETE FROM pending WHERE provider = ? AND ip = ? AND lease = ?",
+                [(lease.provider, s.ip, lease.lease_id) for s, _ in rejected],
+            )
+            db.execute(
+                "UPDATE pending SET lease = NULL WHERE provider = ? AND lease = ?",
+                (lease.provider, lease.lease_id),
+            )
+            counts = self._read_counts()
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return counts
+
+    @staticmethod
+    def _insert_dead(
+        db: sqlite3.Connection,
+        provider: str,
+        signals: list[tuple[Signal, str]],
+        reason: str,
+        failed_ms: int,
+    ) -> None:
+        db.executemany(
+            "INSERT INTO dead_letters (provider, ip, risk, message, ts_ms, expires_ms,"
+            " received_ms, failed_ms, reason, causes) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            [
+                (
+                    provider,
+                    s.ip,
+                    int(s.risk),
+                    s.message,
+                    s.ts_ms,
+                    s.expires_ms,
+                    s.received_ms,
+                    failed_ms,
+                    reason,
+                    causes_json,
+                )
+                for s, causes_json in signals
+            ],
+        )
 
     async def dead_letters(self, provider: str | None = None, limit: int = 100) -> list[DeadLetter]:
         rows = await self._run(self._dead_letters, provider, limit)
