@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog.testing
 
 from forwarder.app import Daemon
 from forwarder.config import load_settings
@@ -191,23 +192,22 @@ async def test_invalid_reload_keeps_the_old_config(h: Harness) -> None:
     assert sample(daemon, "forwarder_config_last_reload_successful") == 1.0
 
 
-async def test_invalid_reload_logs_every_problem(
-    h: Harness, capsys: pytest.CaptureFixture[str]
-) -> None:
+async def test_invalid_reload_logs_every_problem(h: Harness) -> None:
     """Each problem of a refused reload is logged, with a hint that the old config runs on."""
     h.add_provider("a")
     p = by_name(h)
     path = write_config(h, [p["a"]])
     daemon = await start_from_file(h, path)
-    capsys.readouterr()
     bad = {**p["a"], "org_url": "https://a-admin.okta.com", "client_id": '"0oa1"'}
     write_config(h, [bad])
-    assert await daemon.reload() is False
-    out = capsys.readouterr().out
-    assert out.count("config_reload_problem") == 2
-    assert "Admin Console URL" in out
-    assert "wrapped in quotes" in out
-    assert "running config is kept" in out
+    with structlog.testing.capture_logs() as logs:
+        assert await daemon.reload() is False
+    problems = [e["problem"] for e in logs if e["event"] == "config_reload_problem"]
+    assert len(problems) == 2
+    assert any("Admin Console URL" in x for x in problems)
+    assert any("wrapped in quotes" in x for x in problems)
+    [failed] = [e for e in logs if e["event"] == "config_reload_failed"]
+    assert "running config is kept" in failed["hint"]
 
 
 async def test_drop_in_files_are_loaded_and_reloaded(h: Harness) -> None:
