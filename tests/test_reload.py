@@ -20,6 +20,7 @@ from forwarder.config import load_settings
 from forwarder.errors import ConfigError
 from forwarder.okta.keys import generate_signing_key, write_private_key
 from forwarder.ratelimit import max_calls_in_window
+from forwarder.sandbox import SandboxOrg, serve
 from tests.harness import Harness, harness, ips
 
 pytestmark = pytest.mark.timeout(60)
@@ -312,3 +313,27 @@ def test_config_check_names_the_drop_in_file(tmp_path: Path) -> None:
     result = cli("config", "check", "--config", str(config))
     assert result.returncode == 0, result.stderr
     assert "1 provider(s): globex" in result.stdout
+
+
+async def test_removed_provider_finishes_its_call_in_flight(h: Harness) -> None:
+    """Removed while Okta has not answered yet: the call completes and its batch is acked."""
+    slow_org = SandboxOrg(clock=h.clock)
+    slow_org.events_delay_s = 1.0
+    async with serve(slow_org) as slow_url:
+        slow = h.add_provider("slow", org=(slow_org, slow_url))
+        h.add_provider("fast")
+        p = by_name(h)
+        path = write_config(h, [p["slow"], p["fast"]])
+        daemon = await start_from_file(h, path)
+        assert daemon.store is not None
+        store = daemon.store
+        status, _ = await h.post([{"ip": ip, "riskLevel": "HIGH"} for ip in ips(5)])
+        assert status == 202
+        await h.until(lambda: len(slow_org.event_calls) == 1)  # answered in 1 real second
+        assert daemon.dispatchers["slow"].state.last_outcome is None  # still in flight
+        write_config(h, [p["fast"]])
+        assert await daemon.reload() is True
+        assert "slow" not in daemon.dispatchers
+        await h.until(lambda: sum(store.pending_counts("slow").values()) == 0)
+        assert slow_org.accepted_ips(slow) == ips(5)
+        assert len(slow_org.event_calls) == 1
