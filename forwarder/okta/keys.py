@@ -6,8 +6,9 @@ thumbprint, which is what Okta's guide calls "Key ID: SHA-256".
 
 Loading is cheap on purpose: a vendor with 1,000 customer orgs may hold 1,000 key files.
 cryptography's RSA key validation (primality checks, about 30 ms a key) is replaced by
-checking ``n = p * q`` and signing and verifying a test message (under 1 ms), which
-proves the key signs what its public half verifies; a :class:`KeyCache` reads each file
+checking that the key's parts agree (``n = p * q``, the CRT values, ``e * d = 1``) and
+signing and verifying a test message (under 1 ms together), which proves the key signs
+what its public half verifies; a :class:`KeyCache` reads each file
 once per (path, mtime, size), so a reload re-reads only the files that changed.
 """
 
@@ -132,6 +133,11 @@ def parse_signing_key(data: bytes, *, source: str = "key") -> SigningKey:
         except Exception as exc:
             raise KeyFileError(f"{source} is not a readable unencrypted PEM key: {exc}") from None
         if isinstance(raw, rsa.RSAPrivateKey):
+            nums = raw.private_numbers()
+            pub = nums.public_numbers
+            _check_numbers(
+                pub.n, pub.e, nums.p, nums.q, nums.d, nums.dmp1, nums.dmq1, nums.iqmp, source
+            )
             _self_test(raw, source)
             key = RSAKey.import_key(raw)
         elif isinstance(raw, ec.EllipticCurvePrivateKey):
@@ -164,8 +170,7 @@ def _rsa_from_jwk(jwk: dict[str, Any], source: str) -> rsa.RSAPrivateKey:
     n, e = _b64int(jwk, "n", source), _b64int(jwk, "e", source)
     p, q, d = (_b64int(jwk, m, source) for m in ("p", "q", "d"))
     dp, dq, qi = (_b64int(jwk, m, source) for m in ("dp", "dq", "qi"))
-    if p * q != n:
-        raise KeyFileError(f"{source}: p * q is not n; the key file is damaged")
+    _check_numbers(n, e, p, q, d, dp, dq, qi, source)
     try:
         numbers = rsa.RSAPrivateNumbers(p, q, d, dp, dq, qi, rsa.RSAPublicNumbers(e, n))
         raw = numbers.private_key(unsafe_skip_rsa_key_validation=True)
@@ -173,6 +178,23 @@ def _rsa_from_jwk(jwk: dict[str, Any], source: str) -> rsa.RSAPrivateKey:
         raise KeyFileError(f"{source} is not a usable RSA key: {exc}") from None
     _self_test(raw, source)
     return raw
+
+
+def _check_numbers(
+    n: int, e: int, p: int, q: int, d: int, dp: int, dq: int, qi: int, source: str
+) -> None:
+    """The RSA parts agree with each other (big-integer arithmetic: microseconds).
+
+    What cryptography's validation adds on top is proving p and q prime, the 30 ms part;
+    a key file is the vendor's own, so a damaged file is the risk, not a forged one.
+    """
+    damaged = f"{source}: the RSA key's parts disagree ({{}}); the key file is damaged"
+    if p * q != n:
+        raise KeyFileError(damaged.format("p * q is not n"))
+    if dp != d % (p - 1) or dq != d % (q - 1) or (qi * q) % p != 1:
+        raise KeyFileError(damaged.format("dp, dq or qi do not follow from p, q and d"))
+    if (e * dp) % (p - 1) != 1 or (e * dq) % (q - 1) != 1:
+        raise KeyFileError(damaged.format("d is not the inverse of e"))
 
 
 def _self_test(raw: rsa.RSAPrivateKey, source: str) -> None:
