@@ -21,20 +21,20 @@ everything unsent stays in the store.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import socket
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import aiohttp
 import structlog
-from aiohttp import web
 
 from forwarder import __version__
 from forwarder.clock import Clock, SystemClock
 from forwarder.config import (
+    IngestSettings,
     ListenAddress,
+    MetricsSettings,
     ProviderSettings,
     Settings,
     app_key,
@@ -46,10 +46,12 @@ from forwarder.config import (
 from forwarder.dispatcher import Dispatcher
 from forwarder.errors import ConfigError
 from forwarder.ingest import IngestApi
+from forwarder.okta.dpop import DPoP
 from forwarder.okta.events import RiskEventsSender
 from forwarder.okta.keys import KeyCache, KeyFileError, SigningKey
 from forwarder.okta.tokens import TokenSource
 from forwarder.ratelimit import CallBudget
+from forwarder.serving import ConnectionLimits, serve
 from forwarder.store.sqlite import SqliteStore
 from forwarder.supervisor import Supervisor
 from forwarder.telemetry import (
@@ -74,20 +76,18 @@ def _bind(address: ListenAddress) -> socket.socket:
     return sock
 
 
+def _limits(section: IngestSettings | MetricsSettings) -> ConnectionLimits:
+    return ConnectionLimits(
+        header_timeout_s=section.header_timeout_s,
+        body_timeout_s=section.body_timeout_s,
+        keepalive_timeout_s=section.keepalive_timeout_s,
+        max_connections=section.max_connections,
+    )
+
+
 def _url(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-@contextlib.asynccontextmanager
-async def _serve(app: web.Application, sock: socket.socket) -> AsyncIterator[None]:
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
-    await runner.setup()
-    try:
-        await web.SockSite(runner, sock).start()
-        yield
-    finally:
-        await runner.cleanup()
 
 
 class Daemon:
@@ -133,15 +133,28 @@ class Daemon:
 
     # -- composition -----------------------------------------------------------------
 
-    def _load_keys(self, providers: Sequence[ProviderSettings]) -> dict[str, SigningKey]:
-        # Runs in a thread: each distinct file is parsed once (cached by path and mtime).
-        keys: dict[str, SigningKey] = {}
+    def _load_keys(
+        self, providers: Sequence[ProviderSettings]
+    ) -> dict[str, tuple[SigningKey, SigningKey | None]]:
+        """Each provider's assertion key and DPoP key (None: made when first needed).
+
+        Runs in a thread; each distinct file is parsed once (cached by path and mtime).
+        """
+        keys: dict[str, tuple[SigningKey, SigningKey | None]] = {}
         problems = []
         for p in providers:
             try:
-                keys[p.name] = self.keys.get(resolve_path(self.base, p.private_key_file))
+                key = self.keys.get(resolve_path(self.base, p.private_key_file))
             except KeyFileError as exc:
                 problems.append(f"providers[{p.name}].private_key_file: {exc}")
+                continue
+            dpop_key = None
+            if p.dpop_key_file:
+                try:
+                    dpop_key = self.keys.get(resolve_path(self.base, p.dpop_key_file))
+                except KeyFileError as exc:
+                    problems.append(f"providers[{p.name}].dpop_key_file: {exc}")
+            keys[p.name] = (key, dpop_key)
         if problems:
             raise ConfigError(problems)
         return keys
@@ -156,7 +169,10 @@ class Daemon:
             raise ConfigError([f"ingest.tokens_file: cannot read {path}: {exc.strerror}"]) from None
 
     async def _dispatcher(
-        self, p: ProviderSettings, key: SigningKey, previous: Dispatcher | None = None
+        self,
+        p: ProviderSettings,
+        keys: tuple[SigningKey, SigningKey | None],
+        previous: Dispatcher | None = None,
     ) -> Dispatcher:
         assert self.store is not None
         assert self._session is not None
@@ -168,6 +184,8 @@ class Daemon:
         # before the log was keyed by app) count too: that can only make us more careful.
         history = await store.recent_calls(app_key(p), since)
         history += await store.recent_calls(p.name, since)
+        key, dpop_key = keys
+        dpop = None if p.dpop == "never" else DPoP(mode=p.dpop, clock=self.clock, key=dpop_key)
         tokens = TokenSource(
             session=session,
             org_url=p.org_url,
@@ -176,6 +194,7 @@ class Daemon:
             clock=self.clock,
             timeout_s=p.timeout_s,
             observer=self.metrics.token_observer(p.name),
+            dpop=dpop,
         )
         sender = RiskEventsSender(
             session=session,
@@ -241,8 +260,12 @@ class Daemon:
             )
             # Ingest and liveness open first: signals are stored while dispatchers start.
             async with (
-                _serve(self._ingest.app(), ingest_sock),
-                _serve(health_app(self.metrics, self.view.readiness), metrics_sock),
+                serve(self._ingest.app(), ingest_sock, _limits(s.ingest)),
+                serve(
+                    health_app(self.metrics, self.view.readiness),
+                    metrics_sock,
+                    _limits(s.metrics),
+                ),
                 asyncio.TaskGroup() as tg,
             ):
                 self.ingest_url = _url(ingest_sock)
@@ -317,7 +340,9 @@ class Daemon:
             self.metrics.config_loaded(ok=True, at=self.clock.time())
             return True
 
-    async def _apply(self, new: Settings, keys: Mapping[str, SigningKey]) -> None:
+    async def _apply(
+        self, new: Settings, keys: Mapping[str, tuple[SigningKey, SigningKey | None]]
+    ) -> None:
         assert self._supervisor is not None
         assert self._ingest is not None
         sup = self._supervisor

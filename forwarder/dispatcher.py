@@ -386,6 +386,9 @@ class Dispatcher:
             )
             self._retry_note("rate_limited", str(exc), subjects)
             return
+        if exc.retry_now:
+            self._retry_note("auth", str(exc), subjects)
+            return
         if exc.shrink:
             self._call_limit = max(1, subjects // 2)
             self._retry_note("too_large", str(exc), subjects)

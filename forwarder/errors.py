@@ -94,8 +94,12 @@ class RetryableSendError(SendError):
         retry_at: float | None = None,
         drop_token: bool = False,
         shrink: bool = False,
+        retry_now: bool = False,
     ) -> None:
         self.retry_at = retry_at
+        #: The receiver asked for the same call again with something it just sent (a
+        #: fresh nonce): retry at once, within the budget, without backing off.
+        self.retry_now = retry_now
         self.drop_token = drop_token
         #: The receiver refused the size of the request: send fewer signals per call.
         self.shrink = shrink

@@ -184,8 +184,13 @@ def _parse_providers(value: object, known: Collection[str]) -> tuple[str, ...]:
         raise ValueError("must be a provider name or a non-empty list of names")
     unknown = sorted({n for n in names if n not in known})
     if unknown:
+        # Names only what the request sent (at most a few): with 1,000 orgs configured,
+        # listing them would make every such answer huge and show callers every customer.
+        shown = ", ".join(repr(n[:64]) for n in unknown[:5])
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
         raise ValueError(
-            f"unknown provider {', '.join(unknown)}; configured: {', '.join(sorted(known))}"
+            f"unknown provider {shown}{more}; {len(known)} providers are configured"
+            " (`forwarder status` lists them)"
         )
     return tuple(dict.fromkeys(names))
 
