@@ -130,6 +130,7 @@ class SandboxOrg:
         self.system_log = SystemLog()
         self._windows: dict[str, SlidingWindow] = {}
         self._provider_of_client: dict[str, Provider] = {}
+        self._last_accepted: AcceptedCall | None = None
         self._anonymous = SlidingWindow(limit=calls_per_minute, window_s=window_s)
         self._event_faults: deque[int] = deque()
         self._token_faults: deque[int] = deque()
@@ -500,7 +501,9 @@ class SandboxOrg:
         return _api_answer(error, headers)
 
     def _log_consumed(self, client_id: str, client_ip: str, now: float) -> None:
-        call = self.accepted[-1]
+        call = self._last_accepted
+        if call is None:
+            return
         provider = self._providers.get(call.provider_id)
         # Action "none": Okta ignores the provider's signals (nothing in the System Log).
         if provider is None or provider.action == "none":
@@ -580,6 +583,7 @@ class SandboxOrg:
         if causes:
             return _api_answer(validation_failed(causes), headers), client_id
         call = AcceptedCall(now, client_id, provider.id, parsed)
+        self._last_accepted = call
         self.tallies.setdefault(client_id, OrgTally()).accepted(now, call.ips)
         if self.keep_bodies:
             self.accepted.append(call)
