@@ -174,6 +174,7 @@ async def test_setup_write_to_then_sighup_onboards_an_org_under_load(tmp_path: P
         finally:
             daemon.stop()
         for org, token in ((org1, token1), (org2, token2)):
+            assert token not in daemon.output  # the admin API tokens never reach the logs
             calls = await _calls(org, token)
             assert [s for _, s in calls].count(429) == 0
             assert max_calls_in_window([t for t, _ in calls], 3.0) <= 3
