@@ -1,10 +1,21 @@
 """The composition root: the only place that reads Settings and picks concrete parts.
 
-``Daemon.run`` opens the store and an HTTP session, builds one dispatcher per provider,
-serves the ingest API and the health side port, and owns every task in one
-``asyncio.TaskGroup``. Shutdown (``stop`` set, e.g. by SIGTERM): ingest answers 503,
-dispatchers start no new call, calls in flight get ``shutdown_grace_s`` to finish,
-then the rest is cancelled; everything unsent stays in the store.
+``Daemon.run`` opens the store and an HTTP session, serves the ingest API and the health
+side port, then starts one dispatcher per provider under a :class:`Supervisor`; every
+task lives in one ``asyncio.TaskGroup``. Ingest opens before any token is fetched, and
+readiness does not wait for tokens (at 1,000 orgs that would take minutes).
+
+``SIGHUP`` (:meth:`Daemon.request_reload`) re-reads the config off the event loop. A valid
+one is applied without dropping ingest or calls in flight: new providers start, removed
+ones stop after their call in flight (their pending entries stay in the store, so adding
+them back resumes), changed ones restart with their budget history, which belongs to the
+Okta app (org + client id), not to the name. An invalid one is logged problem by problem
+and the running config stays; ``forwarder_config_last_reload_successful`` says which.
+Only providers are reloaded; other sections need a restart (a reload says so).
+
+Shutdown (``stop`` set, e.g. by SIGTERM): ingest answers 503, dispatchers start no new
+call, calls in flight get ``shutdown_grace_s`` to finish, then the rest is cancelled;
+everything unsent stays in the store.
 """
 
 from __future__ import annotations
@@ -14,7 +25,6 @@ import signal
 import socket
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import structlog
@@ -27,22 +37,28 @@ from forwarder.config import (
     MetricsSettings,
     ProviderSettings,
     Settings,
+    app_key,
+    load_settings,
     parse_listen,
     read_tokens_file,
     resolve_path,
 )
 from forwarder.dispatcher import Dispatcher
-from forwarder.errors import ConfigError, StoreError
+from forwarder.errors import ConfigError
 from forwarder.ingest import IngestApi
 from forwarder.okta.dpop import DPoP
 from forwarder.okta.events import RiskEventsSender
-from forwarder.okta.keys import KeyFileError, SigningKey, load_signing_key
+from forwarder.okta.keys import KeyCache, KeyFileError, SigningKey
 from forwarder.okta.tokens import TokenSource
 from forwarder.ratelimit import CallBudget
 from forwarder.serving import ConnectionLimits, serve
-from forwarder.signals import RiskLevel, format_ms
 from forwarder.store import StoreBackend, open_store
-from forwarder.telemetry import BudgetView, Metrics, drain_estimate_s, health_app
+from forwarder.supervisor import Supervisor
+from forwarder.telemetry import (
+    Metrics,
+    health_app,
+)
+from forwarder.view import DaemonView
 
 __all__ = ["Daemon", "run_until_signalled"]
 
@@ -77,36 +93,65 @@ def _url(sock: socket.socket) -> str:
 class Daemon:
     """One forwarder process: ingest, store, dispatchers, telemetry."""
 
-    def __init__(self, settings: Settings, base: Path, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        base: Path,
+        *,
+        clock: Clock | None = None,
+        config_path: Path | None = None,
+        keys: KeyCache | None = None,
+    ) -> None:
         self.settings = settings
         self.base = base
+        self.config_path = config_path
         self.clock: Clock = clock or SystemClock()
         self.metrics = Metrics(clock=self.clock, providers=[p.name for p in settings.providers])
         self.ready = asyncio.Event()
         self.ingest_url = ""
         self.metrics_url = ""
-        self.dispatchers: dict[str, Dispatcher] = {}
         self.store: StoreBackend | None = None
+        self.keys = keys or KeyCache()
+        self._supervisor: Supervisor | None = None
+        self._session: aiohttp.ClientSession | None = None
         self._ingest: IngestApi | None = None
-        self._oldest: dict[str, Mapping[RiskLevel, int]] = {}
+        #: What telemetry reads (``/readyz``, scrape-time gauges).
+        self.view = DaemonView(self)
+        self._reload_wanted = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
         self._log = structlog.get_logger("forwarder")
+
+    @property
+    def ingest(self) -> IngestApi | None:
+        """The ingest API once it is built."""
+        return self._ingest
+
+    @property
+    def dispatchers(self) -> Mapping[str, Dispatcher]:
+        """The running dispatchers by provider name."""
+        return self._supervisor.running if self._supervisor else {}
 
     # -- composition -----------------------------------------------------------------
 
-    def _keys(self) -> dict[str, tuple[SigningKey, SigningKey | None]]:
-        """Each provider's assertion key and DPoP key (None: made when first needed)."""
+    def _load_keys(
+        self, providers: Sequence[ProviderSettings]
+    ) -> dict[str, tuple[SigningKey, SigningKey | None]]:
+        """Each provider's assertion key and DPoP key (None: made when first needed).
+
+        Runs in a thread; each distinct file is parsed once (cached by path and mtime).
+        """
         keys: dict[str, tuple[SigningKey, SigningKey | None]] = {}
         problems = []
-        for p in self.settings.providers:
+        for p in providers:
             try:
-                key = load_signing_key(resolve_path(self.base, p.private_key_file))
+                key = self.keys.get(resolve_path(self.base, p.private_key_file))
             except KeyFileError as exc:
                 problems.append(f"providers[{p.name}].private_key_file: {exc}")
                 continue
             dpop_key = None
             if p.dpop_key_file:
                 try:
-                    dpop_key = load_signing_key(resolve_path(self.base, p.dpop_key_file))
+                    dpop_key = self.keys.get(resolve_path(self.base, p.dpop_key_file))
                 except KeyFileError as exc:
                     problems.append(f"providers[{p.name}].dpop_key_file: {exc}")
             keys[p.name] = (key, dpop_key)
@@ -127,12 +172,19 @@ class Daemon:
         self,
         p: ProviderSettings,
         keys: tuple[SigningKey, SigningKey | None],
-        store: StoreBackend,
-        session: aiohttp.ClientSession,
+        previous: Dispatcher | None = None,
     ) -> Dispatcher:
+        assert self.store is not None
+        assert self._session is not None
+        store, session = self.store, self._session
         d = self.settings.dispatch
         since_ms = int((self.clock.time() - p.window_s - 5) * 1000)
-        history = [at_ms / 1000 for at_ms in await store.recent_calls(p.name, since_ms)]
+        # The budget belongs to the Okta app, so the call log is keyed by it: a renamed or
+        # changed provider keeps its window. Calls logged under the name (stores written
+        # before the log was keyed by app) count too: that can only make us more careful.
+        logged = await store.recent_calls(app_key(p), since_ms)
+        logged += await store.recent_calls(p.name, since_ms)
+        history = sorted(at_ms / 1000 for at_ms in logged)
         key, dpop_key = keys
         dpop = None if p.dpop == "never" else DPoP(mode=p.dpop, clock=self.clock, key=dpop_key)
         tokens = TokenSource(
@@ -157,8 +209,15 @@ class Daemon:
         budget = CallBudget(
             calls=p.calls_per_minute, window_s=p.window_s, clock=self.clock, history=history
         )
+        if previous is not None and previous.call_key == app_key(p):
+            # What Okta said (a 429's reset, Remaining: 0) holds for the same app.
+            held = previous.budget.blocked_until() - self.clock.time()
+            if held > 0:
+                budget.block_for(held)
+            budget.server_remaining = previous.budget.server_remaining
         return Dispatcher(
             provider=p.name,
+            call_key=app_key(p),
             store=store,
             sender=sender,
             budget=budget,
@@ -176,195 +235,191 @@ class Daemon:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then drain and return."""
         s = self.settings
-        keys = self._keys()
         ingest_tokens = self._ingest_tokens()
         ingest_sock = _bind(parse_listen(s.ingest.listen))
         metrics_sock = _bind(parse_listen(s.metrics.listen))
-        names = [p.name for p in s.providers]
         store_path = resolve_path(self.base, s.store.path)
         connector = aiohttp.TCPConnector(limit_per_host=4)
         async with (
             open_store(
                 s.store,
                 base=self.base,
-                providers=names,
+                providers=[p.name for p in s.providers],
                 max_age_ms=int(s.dispatch.max_age_s * 1000),
                 observer=self.metrics,
             ) as store,
             aiohttp.ClientSession(connector=connector, trust_env=True) as session,
         ):
             self.store = store
-            for p in s.providers:
-                self.dispatchers[p.name] = await self._dispatcher(p, keys[p.name], store, session)
+            self._session = session
             self._ingest = IngestApi(
                 store=store,
-                providers=names,
+                providers=[p.name for p in s.providers],
                 clock=self.clock,
                 tokens=ingest_tokens,
                 max_body_bytes=s.ingest.max_body_bytes,
                 max_age_s=s.dispatch.max_age_s,
                 observer=self.metrics,
             )
-            self.metrics.attach(self, capacity=s.store.max_pending, max_age_s=s.dispatch.max_age_s)
-            await self.refresh()
+            self.metrics.attach(
+                self.view, capacity=s.store.max_pending, max_age_s=s.dispatch.max_age_s
+            )
+            # Ingest and liveness open first: signals are stored while dispatchers start.
             async with (
                 serve(self._ingest.app(), ingest_sock, _limits(s.ingest)),
-                serve(health_app(self.metrics, self.readiness), metrics_sock, _limits(s.metrics)),
+                serve(
+                    health_app(self.metrics, self.view.readiness),
+                    metrics_sock,
+                    _limits(s.metrics),
+                ),
+                asyncio.TaskGroup() as tg,
             ):
                 self.ingest_url = _url(ingest_sock)
                 self.metrics_url = _url(metrics_sock)
+                self._supervisor = Supervisor(tg)
+                keys = await asyncio.to_thread(self._load_keys, s.providers)
+                for p in s.providers:
+                    await self._supervisor.start(p.name, await self._dispatcher(p, keys[p.name]))
+                self.metrics.config_loaded(ok=True, at=self.clock.time())
+                await self.view.refresh()
                 self._log.info(
                     "forwarder_started",
                     version=__version__,
                     ingest=self.ingest_url,
                     metrics=self.metrics_url,
                     store=str(store_path),
-                    providers=names,
+                    providers=len(s.providers),
+                    first_providers=[p.name for p in s.providers[:20]],
                     pending=store.pending_total(),
                 )
                 self.ready.set()
-                await self._dispatch_until(stop)
+                reloads = tg.create_task(self._reload_loop(), name="reload")
+                await stop.wait()
+                reloads.cancel()
+                self._ingest.accepting = False
+                grace = self.settings.dispatch.shutdown_grace_s
+                self._log.info("forwarder_draining", grace_s=grace)
+                await self._supervisor.shutdown(grace)
+            await self.view.close()
             self._log.info("forwarder_stopped", pending=store.pending_total())
 
-    async def _dispatch_until(self, stop: asyncio.Event) -> None:
-        dispatch_stop = asyncio.Event()
-        async with asyncio.TaskGroup() as tg:
-            tasks = [
-                tg.create_task(d.run(dispatch_stop), name=f"dispatch:{name}")
-                for name, d in self.dispatchers.items()
-            ]
-            await stop.wait()
-            assert self._ingest is not None
-            self._ingest.accepting = False
-            dispatch_stop.set()
-            grace = self.settings.dispatch.shutdown_grace_s
-            self._log.info("forwarder_draining", grace_s=grace)
-            _, late = await asyncio.wait(tasks, timeout=grace)
-            for task in late:
-                self._log.warning("call_cancelled_at_shutdown", task=task.get_name())
-                task.cancel()
+    # -- reload ----------------------------------------------------------------------
 
-    # -- readiness and live metrics (telemetry.LiveSource) ---------------------------
+    def request_reload(self) -> None:
+        """Re-read the config soon (the SIGHUP handler)."""
+        self._reload_wanted.set()
 
-    def _ingest_up(self) -> bool:
-        return self._ingest is not None and self._ingest.accepting and self.ready.is_set()
+    async def _reload_loop(self) -> None:
+        while True:
+            await self._reload_wanted.wait()
+            self._reload_wanted.clear()
+            try:
+                await self.reload()
+            except Exception as exc:
+                # A bug in applying a config must not stop a daemon serving every org.
+                self._log.exception("config_reload_crashed", error=f"{type(exc).__name__}: {exc}")
+                self.metrics.config_loaded(ok=False, at=self.clock.time())
+
+    async def reload(self) -> bool:
+        """Re-read the config file and apply it; False (old config kept) when it is invalid."""
+        async with self._reload_lock:
+            if self.config_path is None:
+                self._log.warning("config_reload_skipped", reason="started without a config file")
+                return False
+            try:
+                # Parsing, globbing drop-ins and reading changed key files stay off the loop.
+                new, _ = await asyncio.to_thread(load_settings, self.config_path, keys=self.keys)
+                old = {p.name: p for p in self.settings.providers}
+                starting = [p for p in new.providers if old.get(p.name) != p]
+                keys = await asyncio.to_thread(self._load_keys, starting)
+            except ConfigError as exc:
+                for problem in exc.problems:
+                    self._log.error("config_reload_problem", problem=problem)
+                self._log.error(
+                    "config_reload_failed",
+                    problems=len(exc.problems),
+                    hint="the running config is kept; fix the problems and send SIGHUP again",
+                )
+                self.metrics.config_loaded(ok=False, at=self.clock.time())
+                return False
+            await self._apply(new, keys)
+            self.metrics.config_loaded(ok=True, at=self.clock.time())
+            return True
+
+    async def _apply(
+        self, new: Settings, keys: Mapping[str, tuple[SigningKey, SigningKey | None]]
+    ) -> None:
+        assert self._supervisor is not None
+        assert self._ingest is not None
+        sup = self._supervisor
+        old = {p.name: p for p in self.settings.providers}
+        wanted = {p.name: p for p in new.providers}
+        removed = [n for n in old if n not in wanted]
+        added = [n for n in wanted if n not in old]
+        changed = [n for n in wanted if n in old and old[n] != wanted[n]]
+        fixed = [
+            section
+            for section in ("ingest", "store", "metrics", "log", "dispatch")
+            if getattr(new, section) != getattr(self.settings, section)
+        ]
+        if fixed:
+            self._log.warning(
+                "config_reload_needs_restart",
+                sections=fixed,
+                hint="only providers are reloaded; restart to apply the other sections",
+            )
+        self.settings = self.settings.model_copy(
+            update={"providers": new.providers, "provider_files": new.provider_files}
+        )
+        self.metrics.add_providers(added)
+        assert self.store is not None
+        for name in added:
+            # Tracked before ingest routes to it: broadcasts from here on are kept for it.
+            await self.store.attach(name)
+        # Ingest routes to the new set at once (a removed name gets its 400 from here on).
+        self._ingest.set_providers(list(wanted))
+
+        async def restart(name: str) -> None:
+            previous = await sup.stop(name)
+            await sup.start(name, await self._dispatcher(wanted[name], keys[name], previous))
+
+        async def start(name: str) -> None:
+            await sup.start(name, await self._dispatcher(wanted[name], keys[name]))
+
+        def forget(name: str) -> None:
+            # Its series go once its last call is counted (unless it was added back).
+            if name not in {p.name for p in self.settings.providers}:
+                self.metrics.remove_providers([name])
+
+        for name in removed:
+            sup.retire(name, then=forget)
+        await asyncio.gather(*(restart(n) for n in changed), *(start(n) for n in added))
+        self._log.info(
+            "config_reloaded",
+            providers=len(wanted),
+            added=len(added),
+            removed=len(removed),
+            changed=len(changed),
+            names={
+                "added": added[:20],
+                "removed": removed[:20],
+                "changed": changed[:20],
+            },
+        )
 
     def is_ready(self) -> bool:
-        return self.store is not None and self.store.writable and self._ingest_up()
-
-    async def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """``/readyz``: 200 when the store is writable and ingest listens.
-
-        A provider's trouble (failing credentials, 429s, Okta errors) is reported in the
-        body, never as not-ready: restarting or unrouting the pod cannot fix it and
-        would stop every other provider's intake too.
-        """
-        store = self.store
-        store_ok = store is not None and (store.writable or await store.probe_writable())
-        ingest_ok = self._ingest_up()
-        now = self.clock.time()
-        providers: dict[str, Any] = {}
-        for name, d in self.dispatchers.items():
-            st = d.state
-            entry: dict[str, Any] = {
-                "state": st.status,
-                "pending": sum(store.pending_counts(name).values()) if store else None,
-                "dead_letters": store.dead_letter_count(name) if store else None,
-                "next_call_in_s": round(max(0.0, d.next_call_at() - now), 3),
-                "last_call_at": _iso(st.last_call_at),
-                "last_outcome": st.last_outcome,
-            }
-            if st.status != "ok":
-                entry.update(
-                    last_error=st.last_error,
-                    hint=st.hint,
-                    until=_iso(st.until),
-                    retry_in_s=round(max(0.0, st.until - now), 3) if st.until else None,
-                )
-            providers[name] = entry
-        ready = store_ok and ingest_ok
-        body = {
-            "status": "ready" if ready else "not_ready",
-            "store": "writable" if store_ok else "unavailable",
-            "ingest": "listening" if ingest_ok else "not_accepting",
-            "providers": providers,
-        }
-        return ready, body
-
-    def providers(self) -> Sequence[str]:
-        return list(self.dispatchers)
-
-    def store_entries(self) -> int:
-        return self.store.pending_total() if self.store else 0
-
-    def pending_counts(self, provider: str) -> Mapping[RiskLevel, int]:
-        return self.store.pending_counts(provider) if self.store else {}
-
-    def dead_letter_count(self, provider: str) -> int:
-        return self.store.dead_letter_count(provider) if self.store else 0
-
-    def oldest_pending_ms(self, provider: str) -> Mapping[RiskLevel, int]:
-        return self._oldest.get(provider, {})
-
-    def budget(self, provider: str) -> BudgetView:
-        d = self.dispatchers[provider]
-        b = d.budget
-        now = self.clock.time()
-        wait = max(0.0, d.next_call_at() - now)
-        # While Okta said "wait" (429 or Remaining: 0) no call is allowed, whatever our
-        # own sliding window says.
-        remaining = 0 if b.blocked_until() > now else b.remaining()
-        pending = sum(self.pending_counts(provider).values())
-        drain = drain_estimate_s(
-            pending=pending,
-            per_call=d.max_per_call,
-            calls=b.calls,
-            window_s=b.window_s,
-            next_call_s=wait,
-        )
-        return BudgetView(
-            calls=b.calls,
-            window_s=b.window_s,
-            remaining=remaining,
-            next_call_s=wait,
-            server_remaining=b.server_remaining,
-            drain_s=drain,
-        )
-
-    def provider_status(self, provider: str) -> str:
-        return self.dispatchers[provider].state.status
-
-    async def refresh(self) -> None:
-        if self.store is None:
-            return
-        if not self.store.writable:
-            # forwarder_ready recovers on a scrape too, where nothing polls /readyz.
-            await self.store.probe_writable()
-        try:
-            await self.store.refresh()
-        except StoreError as exc:
-            self._log.warning("metrics_refresh_failed", error=str(exc))
-        for name in self.dispatchers:
-            try:
-                self._oldest[name] = await self.store.oldest_pending_ms(name)
-            except StoreError as exc:
-                # A scrape still answers (with the previous ages); readiness reports the store.
-                self._log.warning("metrics_refresh_failed", error=str(exc))
-                return
-
-
-def _iso(epoch_s: float | None) -> str | None:
-    return format_ms(int(epoch_s * 1000)) if epoch_s is not None else None
+        return self.view.is_ready()
 
 
 async def run_until_signalled(daemon: Daemon) -> None:
-    """Run ``daemon`` until SIGTERM or SIGINT."""
+    """Run ``daemon`` until SIGTERM or SIGINT; SIGHUP re-reads its config."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, daemon.request_reload)
     try:
         await daemon.run(stop)
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)

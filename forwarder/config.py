@@ -4,17 +4,22 @@ Every key can be overridden with ``FORWARDER_<SECTION>__<KEY>`` (for example
 ``FORWARDER_INGEST__LISTEN=0.0.0.0:8080``); the providers list as JSON in
 ``FORWARDER_PROVIDERS``. Secrets (private keys, ingest tokens) come from files.
 Validation follows Okta's troubleshooting advice and names every problem at once.
+
+``provider_files = ["providers.d/*.toml"]`` (globs relative to the config file) adds the
+``[[providers]]`` tables of drop-in files, one customer org per file if the vendor
+likes; problems in a drop-in name its file. ``SIGHUP`` re-reads all of it (``app``).
 """
 
 from __future__ import annotations
 
+import glob
 import ipaddress
 import json
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -35,6 +40,9 @@ from pydantic_settings import (
 
 from forwarder.errors import ConfigError
 
+if TYPE_CHECKING:
+    from forwarder.okta.keys import KeyCache
+
 __all__ = [
     "DispatchSettings",
     "IngestSettings",
@@ -44,6 +52,7 @@ __all__ = [
     "ProviderSettings",
     "Settings",
     "StoreSettings",
+    "app_key",
     "is_loopback_host",
     "load_settings",
     "parse_listen",
@@ -279,6 +288,8 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     log: LogSettings = LogSettings()
     dispatch: DispatchSettings = DispatchSettings()
+    #: Globs (relative to the config file) of drop-in files holding ``[[providers]]``.
+    provider_files: list[str] = Field(default_factory=list)
     providers: list[ProviderSettings] = Field(default_factory=list)
 
     @classmethod
@@ -294,8 +305,18 @@ class Settings(BaseSettings):
         return (_EnvSource(settings_cls), init_settings)
 
 
-def _where(loc: tuple[int | str, ...], data: Mapping[str, Any]) -> str:
+def app_key(provider: ProviderSettings) -> str:
+    """The Okta service app a provider speaks for: its budget belongs to this, not the name.
+
+    A client id names one app whatever URL spells its org (the same rule as the
+    duplicate check in :func:`load_settings`), so the key is the client id.
+    """
+    return f"app:{provider.client_id}"
+
+
+def _where(loc: tuple[int | str, ...], data: Mapping[str, Any], origins: Mapping[int, str]) -> str:
     parts: list[str] = []
+    prefix = ""
     for i, item in enumerate(loc):
         if isinstance(item, int) and i > 0 and loc[i - 1] == "providers":
             name = None
@@ -304,9 +325,61 @@ def _where(loc: tuple[int | str, ...], data: Mapping[str, Any]) -> str:
                 entry = providers[item]
                 name = entry.get("name") if isinstance(entry, dict) else None
             parts[-1] = f"providers[{name or item}]"
+            if i == 1 and item in origins:
+                prefix = f"{origins[item]}: "
         else:
             parts.append(str(item))
-    return ".".join(parts)
+    return prefix + ".".join(parts)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError([f"config file {path} does not exist"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{path} cannot be read: {exc.strerror}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path} is not valid TOML: {exc}"]) from None
+
+
+def _drop_ins(data: dict[str, Any], base: Path, problems: list[str]) -> dict[int, str]:
+    """Append the drop-in files' providers to ``data``; their index -> file, for messages."""
+    patterns = data.get("provider_files", [])
+    if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
+        return {}  # the model names the type error
+    providers = data.setdefault("providers", [])
+    if not isinstance(providers, list):
+        return {}
+    origins: dict[int, str] = {}
+    seen: set[Path] = set()
+    for pattern in patterns:
+        full = str(_resolve(base, pattern))
+        matches = sorted(Path(m) for m in glob.glob(full) if Path(m).is_file())
+        for path in matches:
+            if path in seen:
+                continue
+            seen.add(path)
+            try:
+                doc = _read_toml(path)
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+                continue
+            extra = sorted(set(doc) - {"providers"})
+            if extra:
+                problems.append(
+                    f"{path}: only [[providers]] tables belong in a drop-in file "
+                    f"(found {', '.join(extra)})"
+                )
+            entries = doc.get("providers", [])
+            if not isinstance(entries, list):
+                problems.append(f"{path}: providers must be [[providers]] tables")
+                continue
+            for entry in entries:
+                origins[len(providers)] = str(path)
+                providers.append(entry)
+    return origins
 
 
 def _resolve(base: Path, value: str) -> Path:
@@ -324,37 +397,45 @@ def read_tokens_file(path: Path) -> list[str]:
     return tokens
 
 
-def load_settings(path: Path | None, *, check_files: bool = True) -> tuple[Settings, Path]:
+def load_settings(
+    path: Path | None, *, check_files: bool = True, keys: KeyCache | None = None
+) -> tuple[Settings, Path]:
     """Read, validate and cross-check the config; return it and the directory paths resolve from.
 
-    Raises :class:`ConfigError` listing every problem found. Relative file paths in the
-    config resolve against the config file's directory.
+    Raises :class:`ConfigError` listing every problem found (a drop-in file's problems
+    name the file). Relative file paths in the config resolve against the config file's
+    directory. Each distinct key file is parsed once, through ``keys`` when given (the
+    daemon passes its cache, so a reload re-reads only files that changed).
     """
     data: dict[str, Any] = {}
     base = Path.cwd()
     problems: list[str] = []
     if path is not None:
-        try:
-            with path.open("rb") as fh:
-                data = tomllib.load(fh)
-        except FileNotFoundError:
-            raise ConfigError([f"config file {path} does not exist"]) from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError([f"{path} is not valid TOML: {exc}"]) from None
+        data = _read_toml(path)
         base = path.resolve().parent
+    origins = _drop_ins(data, base, problems) if path is not None else {}
     try:
         settings = Settings(**data)
     except ValidationError as exc:
         for err in exc.errors():
-            where = _where(tuple(err["loc"]), data)
+            where = _where(tuple(err["loc"]), data, origins)
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown key (check spelling; see config/forwarder.toml for every key)"
             problems.append(f"{where}: {msg}")
         raise ConfigError(problems) from None
+    if problems:
+        raise ConfigError(problems)
+    labels = {
+        p.name: f"{origins[i]}: providers[{p.name}]" if i in origins else f"providers[{p.name}]"
+        for i, p in enumerate(settings.providers)
+    }
     names = [p.name for p in settings.providers]
     for name in sorted({n for n in names if names.count(n) > 1}):
-        problems.append(f"providers: the name {name!r} is used more than once")
+        files = sorted({origins.get(i, str(path)) for i, n in enumerate(names) if n == name})
+        problems.append(
+            f"providers: the name {name!r} is used more than once (in {', '.join(files)})"
+        )
     # Okta's client ids identify one service app, whatever URL spells its org: the same
     # id twice means one budget (3 calls a minute) spent by two dispatchers.
     apps: dict[str, ProviderSettings] = {}
@@ -367,7 +448,7 @@ def load_settings(path: Path | None, *, check_files: bool = True) -> tuple[Setti
                 else f"at {first.org_url} and {provider.org_url}"
             )
             problems.append(
-                f"providers[{provider.name}] and providers[{first.name}] are the same service "
+                f"{labels[provider.name]} and providers[{first.name}] are the same service "
                 f"app (client_id {provider.client_id} {where}): Okta's 3 calls per minute "
                 "belong to it once, so two entries would overspend it; keep one"
             )
@@ -375,14 +456,26 @@ def load_settings(path: Path | None, *, check_files: bool = True) -> tuple[Setti
         problems.append("providers: at least one [[providers]] entry is required")
     listen = parse_listen(settings.ingest.listen)
     if check_files:
-        problems.extend(_check_files(settings, base, listen))
+        problems.extend(_check_files(settings, base, listen, keys or _new_cache(), labels))
     if problems:
         raise ConfigError(problems)
     return settings, base
 
 
-def _check_files(settings: Settings, base: Path, listen: ListenAddress) -> list[str]:
-    from forwarder.okta.keys import KeyFileError, load_signing_key  # noqa: PLC0415
+def _new_cache() -> KeyCache:
+    from forwarder.okta.keys import KeyCache  # noqa: PLC0415
+
+    return KeyCache()
+
+
+def _check_files(
+    settings: Settings,
+    base: Path,
+    listen: ListenAddress,
+    keys: KeyCache,
+    where: Mapping[str, str],
+) -> list[str]:
+    from forwarder.okta.keys import KeyFileError  # noqa: PLC0415
 
     problems: list[str] = []
     if settings.ingest.tokens_file:
@@ -397,26 +490,31 @@ def _check_files(settings: Settings, base: Path, listen: ListenAddress) -> list[
             f"ingest.tokens_file is required when ingest.listen ({listen}) is not loopback: "
             "detectors must present a bearer token"
         )
+    users: dict[Path, list[str]] = {}
     for provider in settings.providers:
+        users.setdefault(_resolve(base, provider.private_key_file), []).append(provider.name)
+    for key_path, names in users.items():
         try:
-            load_signing_key(_resolve(base, provider.private_key_file))
+            keys.get(key_path)
         except KeyFileError as exc:
-            problems.append(f"providers[{provider.name}].private_key_file: {exc}")
+            more = f" (and {len(names) - 1} more providers)" if len(names) > 1 else ""
+            problems.append(f"{where[names[0]]}.private_key_file{more}: {exc}")
+    for provider in settings.providers:
         if provider.dpop_key_file:
-            problems.extend(_check_dpop_key(provider, base))
+            problems.extend(_check_dpop_key(provider, base, keys))
     return problems
 
 
-def _check_dpop_key(provider: ProviderSettings, base: Path) -> list[str]:
-    from forwarder.okta.keys import KeyFileError, load_signing_key  # noqa: PLC0415
+def _check_dpop_key(provider: ProviderSettings, base: Path, keys: KeyCache) -> list[str]:
+    from forwarder.okta.keys import KeyFileError  # noqa: PLC0415
 
     where = f"providers[{provider.name}].dpop_key_file"
     try:
-        dpop_key = load_signing_key(_resolve(base, provider.dpop_key_file))
+        dpop_key = keys.get(_resolve(base, provider.dpop_key_file))
     except KeyFileError as exc:
         return [f"{where}: {exc}"]
     try:
-        assertion_key = load_signing_key(_resolve(base, provider.private_key_file))
+        assertion_key = keys.get(_resolve(base, provider.private_key_file))
     except KeyFileError:
         return []  # reported as private_key_file's problem
     if dpop_key.key.thumbprint() == assertion_key.key.thumbprint():

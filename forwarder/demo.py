@@ -213,7 +213,7 @@ async def _drive(
                 )
                 or 0.0
             )
-            pending = sum(daemon.pending_counts(PROVIDER).values())
+            pending = sum(daemon.view.pending_counts(PROVIDER).values())
             calls = [c.status for c in org.event_calls]
             next_in = max(0.0, dispatcher.next_call_at() - daemon.clock.time())
             key = (sent, int(coalesced), pending, len(calls), len(delivered))

@@ -128,6 +128,10 @@ class IngestApi:
         self.accepting = True
         self._log = structlog.get_logger("forwarder.ingest")
 
+    def set_providers(self, providers: Sequence[str]) -> None:
+        """Route to this provider set from the next request on (a config reload)."""
+        self._providers = tuple(providers)
+
     def app(self) -> web.Application:
         """The aiohttp application serving the API.
 

@@ -18,7 +18,7 @@ import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 REPO = Path(__file__).resolve().parent.parent
-SCENARIOS = ("intake", "coalescing", "budget", "high_latency", "memory")
+SCENARIOS = ("intake", "coalescing", "budget", "high_latency", "memory", "tenants")
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def test_every_scenario_ran(report: dict[str, Any]) -> None:
-    """Each of the five scenarios is in the JSON without an error."""
+    """Each of the six scenarios is in the JSON without an error."""
     assert tuple(report["scenarios"]) == SCENARIOS
     for name, result in report["scenarios"].items():
         assert "error" not in result, (name, result.get("error"))
@@ -85,3 +85,16 @@ def test_coalescing_keeps_one_row_per_ip(report: dict[str, Any]) -> None:
     """Many signals for few IPs leave exactly one row per IP (a correctness property)."""
     coalescing = report["scenarios"]["coalescing"]
     assert coalescing["rows"] == coalescing["distinct_ips"]
+
+
+def test_tenants_reports_start_up_delivery_and_telemetry(report: dict[str, Any]) -> None:
+    """The many-orgs scenario: every org got every IP within its budget; figures present."""
+    t = report["scenarios"]["tenants"]
+    assert t["orgs"] == 50
+    assert t["orgs_complete"] == t["orgs"]
+    assert t["max_calls_in_any_window"] <= 3
+    assert 0 < t["healthz_s"] <= t["readyz_s"]
+    assert t["readyz_distinct_keys_s"] > 0
+    assert t["readyz_bytes"] < 64 * 1024
+    assert isinstance(t["intake_ratio"], float)
+    assert t["peak_rss_mib"] > 0

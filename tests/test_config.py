@@ -181,3 +181,31 @@ def test_listen_port_is_ascii_digits(listen: str) -> None:
     """A port int() would take but no operator meant (fullwidth digits, 8_0, +80) is refused."""
     with pytest.raises(ValueError, match="port must be a number"):
         parse_listen(listen)
+
+
+@pytest.mark.parametrize(
+    ("member", "expected"),
+    [
+        ("d", "dp, dq or qi do not follow"),
+        ("dp", "dp, dq or qi do not follow"),
+        ("qi", "dp, dq or qi do not follow"),
+        ("q", "p * q is not n"),
+        ("e", "d is not the inverse of e"),
+    ],
+)
+def test_damaged_rsa_key_is_refused(tmp_path: Path, member: str, expected: str) -> None:
+    """The cheap RSA check (no primality test) still refuses a key whose parts disagree."""
+    import base64  # noqa: PLC0415
+    import json  # noqa: PLC0415
+
+    path = _write(tmp_path, GOOD)
+    key = generate_signing_key("RS256")
+    write_private_key(tmp_path / "k.json", key, force=True)
+    jwk = json.loads((tmp_path / "k.json").read_text())
+    raw = bytearray(base64.urlsafe_b64decode(jwk[member] + "=" * (-len(jwk[member]) % 4)))
+    raw[-1] ^= 0x02  # one flipped bit
+    jwk[member] = base64.urlsafe_b64encode(bytes(raw)).rstrip(b"=").decode()
+    (tmp_path / "k.json").write_text(json.dumps(jwk))
+    with pytest.raises(ConfigError) as err:
+        load_settings(path)
+    assert any(expected in p for p in err.value.problems), err.value.problems

@@ -127,7 +127,7 @@ async def test_trickled_body_gets_408_and_is_closed(h: Harness) -> None:
             task.cancel()
     assert status == 408
     assert "body_timeout_s" in json.loads(answer)["error"]
-    assert daemon.store_entries() == 0
+    assert daemon.view.store_entries() == 0
 
 
 async def test_keepalive_detector_is_unaffected(h: Harness) -> None:

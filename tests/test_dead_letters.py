@@ -60,7 +60,7 @@ async def dead_letter_seven(h: Harness) -> None:
     h.org.fail_events(400)
     status, _ = await h.post([{"ip": ip, "riskLevel": "HIGH", "message": "x y"} for ip in ips(7)])
     assert status == 202
-    await h.until(lambda: daemon.dead_letter_count("acme") == 7)
+    await h.until(lambda: daemon.view.dead_letter_count("acme") == 7)
 
 
 async def test_list_shows_signals_and_okta_causes(h: Harness) -> None:
@@ -88,7 +88,7 @@ async def test_requeue_sends_them_again_and_empties_the_table(h: Harness) -> Non
     assert "requeued 7 signal(s)" in out
     await h.until(lambda: sorted(h.delivered(cid)) == sorted(ips(7)))
     await h.get("/metrics")  # a scrape recounts the table
-    assert daemon.dead_letter_count("acme") == 0
+    assert daemon.view.dead_letter_count("acme") == 0
 
 
 async def test_requeue_keeps_what_ingest_refuses_now(h: Harness) -> None:
@@ -104,7 +104,7 @@ async def test_requeue_keeps_what_ingest_refuses_now(h: Harness) -> None:
     assert code == 1
     assert out.count("older than max_age_s") == 7
     await h.get("/metrics")
-    assert daemon.dead_letter_count("acme") == 7
+    assert daemon.view.dead_letter_count("acme") == 7
 
 
 @dataclass

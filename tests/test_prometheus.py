@@ -166,13 +166,17 @@ def test_alert_rules_load_and_evaluate_quietly(stack: Stack) -> None:
     groups = http_json(f"{stack.prometheus}/api/v1/rules")["data"]["groups"]
     assert [g["name"] for g in groups] == ["forwarder"]
     rules = groups[0]["rules"]
-    assert len(rules) == 8
+    assert len(rules) == 10
     for rule in rules:
         assert rule["type"] == "alerting"
         assert (rule["health"], rule.get("lastError", "")) == ("ok", ""), rule["name"]
         assert set(rule["annotations"]) == {"summary", "description", "runbook"}
         assert rule["labels"]["severity"] in {"critical", "warning"}
         assert rule["lastEvaluation"] > "2000", rule["name"]
+
+
+#: Panels that list trouble: a healthy daemon gives them nothing (the query still runs).
+EMPTY_WHEN_HEALTHY = {"Orgs not ok"}
 
 
 def test_dashboard_queries_run_in_prometheus(stack: Stack) -> None:
@@ -188,7 +192,7 @@ def test_dashboard_queries_run_in_prometheus(stack: Stack) -> None:
             .replace("$instance", ".*")
             .replace("$provider", ".*")
         )
-        if not query(stack, filled):
+        if not query(stack, filled) and title not in EMPTY_WHEN_HEALTHY:
             empty.append(title)
     assert empty == []
 

@@ -171,3 +171,19 @@ def test_status_without_config_is_a_usage_error(
 def test_ages_are_short(seconds: float, text: str) -> None:
     """Ages print as 45s, 3m05s, 2h03m, 1d02h (never negative)."""
     assert format_age(seconds) == text
+
+
+async def test_status_filters_by_provider_and_state(
+    h: Harness, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--state failing lists only the failing org; --provider NAME only that one."""
+    await deliver_one_and_fail_one(h)
+    await h.stop()
+    config = write_config(h)
+    capsys.readouterr()  # drop the daemon's logs
+    assert main(["status", "--config", str(config), "--json", "--state", "failing"]) == 0
+    assert list(json.loads(capsys.readouterr().out)["providers"]) == ["bad"]
+    assert main(["status", "--config", str(config), "--json", "--provider", "good"]) == 0
+    assert list(json.loads(capsys.readouterr().out)["providers"]) == ["good"]
+    assert main(["status", "--config", str(config), "--provider", "nobody"]) == 2
+    assert "no provider named nobody" in capsys.readouterr().err

@@ -9,7 +9,7 @@ from pathlib import Path
 __all__ = ["FULL", "PER_CALL_MAX", "QUICK", "SCENARIO_NAMES", "Context", "Plan"]
 
 #: Every scenario, in the order they run (the runner maps each to its coroutine).
-SCENARIO_NAMES = ("intake", "coalescing", "budget", "high_latency", "memory")
+SCENARIO_NAMES = ("intake", "coalescing", "budget", "high_latency", "memory", "tenants")
 #: Okta's per-call maximum: 20 events x 50 subjects.
 PER_CALL_MAX = 1000
 
@@ -37,6 +37,10 @@ class Plan:
     scale_pending: int
     scale_providers: int
     scale_run_s: float
+    tenant_orgs: int
+    tenant_ips: int
+    tenant_window_s: float
+    tenant_intake_s: float
 
 
 FULL = Plan(
@@ -59,6 +63,10 @@ FULL = Plan(
     scale_pending=1_000_000,
     scale_providers=3,
     scale_run_s=12.0,
+    tenant_orgs=1000,
+    tenant_ips=2000,
+    tenant_window_s=10.0,
+    tenant_intake_s=4.0,
 )
 
 QUICK = Plan(
@@ -81,6 +89,10 @@ QUICK = Plan(
     scale_pending=30_000,
     scale_providers=3,
     scale_run_s=2.0,
+    tenant_orgs=50,
+    tenant_ips=500,
+    tenant_window_s=3.0,
+    tenant_intake_s=1.0,
 )
 
 

@@ -249,12 +249,77 @@ def _memory_rows(r: dict[str, Any]) -> Iterable[Sequence[str]]:
     yield ("", f"store MiB with {r['pending']:,} pending", _n(r["store_mib"], 1), "", "", "")
 
 
+def _tenant_rows(r: dict[str, Any]) -> Iterable[Sequence[str]]:
+    n = f"{r['orgs']:,} orgs"
+    yield ("tenants", f"start to /healthz, s ({n}, one key)", _n(r["healthz_s"], 2), "", "", "<= 5")
+    yield ("", "start to /readyz, s (one key file)", _n(r["readyz_s"], 2), "", "", "<= 10")
+    yield (
+        "",
+        "start to /readyz, s (distinct key files)",
+        _n(r["readyz_distinct_keys_s"], 2),
+        "",
+        "",
+        "<= 30",
+    )
+    yield (
+        "",
+        f"every org has all {r['feed_ips']:,} IPs after, s",
+        _n(r["all_orgs_have_all_ips_s"], 1),
+        f"{r['orgs_complete']:,} complete",
+        "",
+        "<= 90",
+    )
+    yield (
+        "",
+        "calls / most in one window per org",
+        f"{r['calls']:,} / {r['max_calls_in_any_window']}",
+        f"{r['calls_per_org_needed']} per org needed",
+        "",
+        "<= 3",
+    )
+    yield (
+        "",
+        "intake signals/s at N orgs",
+        _n(r["intake_signals_per_s"]),
+        f"1 org {_n(r['intake_signals_per_s_one_org'])}",
+        _r(r["intake_ratio"]),
+        ">= 0.8",
+    )
+    yield (
+        "",
+        "peak RSS MiB (feed + delivery; with intake)",
+        _n(r["peak_rss_mib_feed_and_delivery"], 1),
+        f"with intake {_n(r['peak_rss_mib'], 1)}",
+        "",
+        "<= 200",
+    )
+    yield (
+        "",
+        "/readyz KiB; /metrics MB, scrape s",
+        f"{r['readyz_bytes'] / 1024:.1f}; {r['metrics_bytes'] / 1e6:.2f}, "
+        f"{r['metrics_scrape_s']:.2f}",
+        "idle",
+        "",
+        "< 64; < 5, < 1",
+    )
+    yield (
+        "",
+        "",
+        f"{r['readyz_bytes_backlog'] / 1024:.1f}; {r['metrics_bytes_backlog'] / 1e6:.2f}, "
+        f"{r['metrics_scrape_backlog_s']:.2f}",
+        "every org has a backlog",
+        "",
+        "",
+    )
+
+
 _ROWS = {
     "intake": _intake_rows,
     "coalescing": _coalescing_rows,
     "budget": _budget_rows,
     "high_latency": _high_rows,
     "memory": _memory_rows,
+    "tenants": _tenant_rows,
 }
 
 

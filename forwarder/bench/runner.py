@@ -19,6 +19,7 @@ from forwarder.bench.intake import intake
 from forwarder.bench.plan import FULL, QUICK, Context
 from forwarder.bench.report import checks_ok, machine, render_table
 from forwarder.bench.scale import coalescing, memory_at_scale
+from forwarder.bench.tenants import tenants
 
 __all__ = ["SCENARIOS", "run_bench"]
 
@@ -29,6 +30,7 @@ SCENARIOS: dict[str, Callable[[Context], Awaitable[dict[str, Any]]]] = {
     "budget": budget_use,
     "high_latency": high_latency,
     "memory": memory_at_scale,
+    "tenants": tenants,
 }
 
 
@@ -57,9 +59,12 @@ def run_bench(
     only: Sequence[str] = (),
     keep: Path | None = None,
     load_processes: int = 1,
+    tenant_orgs: int | None = None,
 ) -> int:
     """Run the bench, print the table, write the JSON; 0 when every check passed."""
     plan = QUICK if quick else FULL
+    if tenant_orgs is not None:
+        plan = dataclasses.replace(plan, tenant_orgs=tenant_orgs)
     names = list(only) or list(SCENARIOS)
     directory = keep or Path(tempfile.mkdtemp(prefix="forwarder-bench-"))
     directory.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         only=args.only or (),
         keep=args.keep,
         load_processes=args.load_processes,
+        tenant_orgs=args.tenant_orgs,
     )
 
 
@@ -27,7 +28,7 @@ def register(sub: Any) -> None:
     """Add ``bench`` to the ``forwarder`` parser."""
     bench = sub.add_parser(
         "bench",
-        help="benchmark intake, coalescing, budget use, HIGH latency and memory",
+        help="benchmark intake, coalescing, budget use, HIGH latency, memory and many orgs",
         description="Run every scenario against a real daemon and the sandbox on loopback; "
         "report ratios against baselines measured in the same run. Exit 1 when a "
         "correctness check fails (a signal lost, a 429), never for speed.",
@@ -43,5 +44,11 @@ def register(sub: Any) -> None:
         type=int,
         default=1,
         help="load generator processes for intake (default %(default)s)",
+    )
+    bench.add_argument(
+        "--tenant-orgs",
+        type=int,
+        metavar="N",
+        help="orgs in the tenants scenario (default: 1000, 50 with --quick)",
     )
     bench.set_defaults(func=_cmd_bench)

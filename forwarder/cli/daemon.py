@@ -15,6 +15,7 @@ __all__ = ["register"]
 def _cmd_run(args: argparse.Namespace) -> int:
     from forwarder.app import Daemon, run_until_signalled  # noqa: PLC0415
     from forwarder.config import load_settings  # noqa: PLC0415
+    from forwarder.okta.keys import KeyCache  # noqa: PLC0415
     from forwarder.telemetry import configure_logging  # noqa: PLC0415
 
     path = config_path(args.config)
@@ -25,9 +26,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    settings, base = load_settings(path)
+    # One key cache for the check and the daemon: each key file is parsed once.
+    keys = KeyCache()
+    settings, base = load_settings(path, keys=keys)
     configure_logging(settings.log.level, settings.log.format)
-    asyncio.run(run_until_signalled(Daemon(settings, base)))
+    asyncio.run(run_until_signalled(Daemon(settings, base, config_path=path, keys=keys)))
     return EXIT_OK
 
 
@@ -39,8 +42,9 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
         print("config check needs --config FILE or FORWARDER_CONFIG", file=sys.stderr)
         return EXIT_USAGE
     settings, _ = load_settings(path)
-    names = ", ".join(p.name for p in settings.providers)
-    print(f"{path}: OK ({len(settings.providers)} provider(s): {names})")
+    names = [p.name for p in settings.providers]
+    shown = ", ".join(names[:20]) + (f", and {len(names) - 20} more" if len(names) > 20 else "")
+    print(f"{path}: OK ({len(names)} provider(s): {shown})")
     return EXIT_OK
 
 
@@ -58,13 +62,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     """Add this module's commands to the ``forwarder`` parser."""
-    run = sub.add_parser("run", help="run the daemon")
+    run = sub.add_parser("run", help="run the daemon (SIGHUP re-reads the config)")
     run.add_argument("--config", help="config file (default: $FORWARDER_CONFIG)")
     run.set_defaults(func=_cmd_run)
 
     config = sub.add_parser("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
-    check = config_sub.add_parser("check", help="validate a config and its key files")
+    check = config_sub.add_parser(
+        "check", help="validate a config, its drop-in provider files and its key files"
+    )
     check.add_argument("--config", help="config file (default: $FORWARDER_CONFIG)")
     check.set_defaults(func=_cmd_config_check)
 
@@ -84,6 +90,22 @@ def register(sub: Any) -> None:
         help="rate window (Okta's is 60; shorten only for benchmarks)",
     )
     sandbox.add_argument("--token-lifetime", type=int, default=3600, help="access token seconds")
+    sandbox.add_argument(
+        "--orgs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="stand in for N customer orgs: each service app is its own org "
+        "(own risk provider, window and tokens)",
+    )
+    sandbox.add_argument(
+        "--public-key",
+        metavar="FILE",
+        help="with --orgs: register N apps with this public JWK (and the scope) at start",
+    )
+    sandbox.add_argument(
+        "--orgs-file", metavar="FILE", help="with --public-key: write the apps' client ids here"
+    )
     sandbox.set_defaults(func=_cmd_sandbox)
 
     demo = sub.add_parser(

@@ -3,6 +3,9 @@
 It reads the store through the backend's reader (SQLite: a read-only connection of its
 own, so it works while the daemon runs and after it stopped). The state and last call
 shown are what each dispatcher last persisted; ``updated`` says when that was.
+
+At 1,000 orgs ``/readyz`` shows a summary and the orgs that are not ok; this is the full
+per-org view, narrowed with ``--provider NAME`` (repeatable) and ``--state STATE``.
 """
 
 from __future__ import annotations
@@ -18,7 +21,11 @@ from forwarder.cli.common import EXIT_OK, EXIT_USAGE, config_path, run_sync
 from forwarder.signals import RiskLevel, format_ms
 from forwarder.store.base import ProviderSummary
 
-__all__ = ["format_age", "register", "render_table", "to_json"]
+__all__ = ["STATES", "format_age", "register", "render_table", "select", "to_json"]
+
+#: What ``--state`` accepts: a dispatcher's states, "-" (none persisted yet) and
+#: ``not_configured`` (rows of a provider removed from the config, kept until max_age_s).
+STATES = ("ok", "failing", "rate_limited", "backing_off", "-", "not_configured")
 
 _LEVELS = (RiskLevel.HIGH, RiskLevel.MEDIUM, RiskLevel.LOW)
 
@@ -77,6 +84,24 @@ def to_json(
             "updated_at": _iso_ms(rec.updated_ms) if rec else None,
         }
     return out
+
+
+def select(
+    summaries: Sequence[ProviderSummary],
+    *,
+    configured: Sequence[str],
+    providers: Sequence[str] = (),
+    state: str | None = None,
+) -> list[ProviderSummary]:
+    """The summaries ``--provider`` and ``--state`` ask for (all when neither is given)."""
+    known = set(configured)
+    wanted = set(providers)
+    return [
+        s
+        for s in summaries
+        if (not wanted or s.provider in wanted)
+        and (state is None or _state(s, s.provider in known) == state)
+    ]
 
 
 def _level_cell(summary: ProviderSummary, level: RiskLevel, now: float) -> str:
@@ -139,6 +164,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
     settings, base = load_settings(path, check_files=False)
     configured = [p.name for p in settings.providers]
     summaries = run_sync(open_reader(settings.store, base=base).summaries(configured))
+    unknown = sorted(set(args.provider) - {s.provider for s in summaries})
+    if unknown:
+        print(f"no provider named {', '.join(unknown)} in the config or store", file=sys.stderr)
+        return EXIT_USAGE
+    summaries = select(summaries, configured=configured, providers=args.provider, state=args.state)
     now = time.time()
     if args.json:
         print(json.dumps(to_json(summaries, configured=configured, now=now), indent=2))
@@ -154,4 +184,12 @@ def register(sub: Any) -> None:
     )
     status.add_argument("--config", help="config file (default: $FORWARDER_CONFIG)")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.add_argument(
+        "--provider",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="only this provider (repeatable)",
+    )
+    status.add_argument("--state", choices=STATES, help="only providers in this state")
     status.set_defaults(func=_cmd_status)

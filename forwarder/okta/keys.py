@@ -3,22 +3,34 @@
 Okta accepts RS256/384/512 and ES256/384/512 for ``private_key_jwt`` (risk-api.md §8). The
 ``kid`` we send is the JWK's own ``kid`` or, when it has none, its RFC 7638 SHA-256
 thumbprint, which is what Okta's guide calls "Key ID: SHA-256".
+
+Loading is cheap on purpose: a vendor with 1,000 customer orgs may hold 1,000 key files.
+cryptography's RSA key validation (primality checks, about 30 ms a key) is replaced by
+checking that the key's parts agree (``n = p * q``, the CRT values, ``e * d = 1``) and
+signing and verifying a test message (under 1 ms together), which proves the key signs
+what its public half verifies; a :class:`KeyCache` reads each file
+once per (path, mtime, size), so a reload re-reads only the files that changed.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from joserfc.jwk import ECKey, RSAKey
 
 __all__ = [
     "ALGORITHMS",
+    "KeyCache",
     "KeyFileError",
     "SigningKey",
     "generate_signing_key",
@@ -104,7 +116,7 @@ def parse_signing_key(data: bytes, *, source: str = "key") -> SigningKey:
         kid = jwk.get("kid")
         try:
             if kty == "RSA":
-                key = RSAKey.import_key(jwk)
+                key = RSAKey.import_key(_rsa_from_jwk(jwk, source))
             elif kty == "EC":
                 key = ECKey.import_key(jwk)
             else:
@@ -117,10 +129,16 @@ def parse_signing_key(data: bytes, *, source: str = "key") -> SigningKey:
         if b"PUBLIC KEY" in text and b"PRIVATE" not in text:
             raise KeyFileError(f"{source} is a public key; forwarder needs the private key")
         try:
-            raw = load_pem_private_key(text, password=None)
+            raw = load_pem_private_key(text, password=None, unsafe_skip_rsa_key_validation=True)
         except Exception as exc:
             raise KeyFileError(f"{source} is not a readable unencrypted PEM key: {exc}") from None
         if isinstance(raw, rsa.RSAPrivateKey):
+            nums = raw.private_numbers()
+            pub = nums.public_numbers
+            _check_numbers(
+                pub.n, pub.e, nums.p, nums.q, nums.d, nums.dmp1, nums.dmq1, nums.iqmp, source
+            )
+            _self_test(raw, source)
             key = RSAKey.import_key(raw)
         elif isinstance(raw, ec.EllipticCurvePrivateKey):
             key = ECKey.import_key(raw)
@@ -134,6 +152,65 @@ def parse_signing_key(data: bytes, *, source: str = "key") -> SigningKey:
     if alg not in ALGORITHMS:
         raise KeyFileError(f"{source}: algorithm {alg} is not accepted by Okta")
     return SigningKey(key=key, alg=alg, kid=kid or key.thumbprint())
+
+
+def _b64int(jwk: dict[str, Any], member: str, source: str) -> int:
+    value = jwk.get(member)
+    if not isinstance(value, str) or not value:
+        raise KeyFileError(f"{source}: the RSA JWK lacks {member!r}")
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    except ValueError:
+        raise KeyFileError(f"{source}: RSA member {member!r} is not base64url") from None
+    return int.from_bytes(raw, "big")
+
+
+def _rsa_from_jwk(jwk: dict[str, Any], source: str) -> rsa.RSAPrivateKey:
+    """The private key of an RSA JWK, checked by :func:`_self_test` instead of primality."""
+    n, e = _b64int(jwk, "n", source), _b64int(jwk, "e", source)
+    p, q, d = (_b64int(jwk, m, source) for m in ("p", "q", "d"))
+    dp, dq, qi = (_b64int(jwk, m, source) for m in ("dp", "dq", "qi"))
+    _check_numbers(n, e, p, q, d, dp, dq, qi, source)
+    try:
+        numbers = rsa.RSAPrivateNumbers(p, q, d, dp, dq, qi, rsa.RSAPublicNumbers(e, n))
+        raw = numbers.private_key(unsafe_skip_rsa_key_validation=True)
+    except ValueError as exc:
+        raise KeyFileError(f"{source} is not a usable RSA key: {exc}") from None
+    _self_test(raw, source)
+    return raw
+
+
+def _check_numbers(
+    n: int, e: int, p: int, q: int, d: int, dp: int, dq: int, qi: int, source: str
+) -> None:
+    """The RSA parts agree with each other (big-integer arithmetic: microseconds).
+
+    What cryptography's validation adds on top is proving p and q prime, the 30 ms part;
+    a key file is the vendor's own, so a damaged file is the risk, not a forged one.
+    """
+    damaged = f"{source}: the RSA key's parts disagree ({{}}); the key file is damaged"
+    if p * q != n:
+        raise KeyFileError(damaged.format("p * q is not n"))
+    if dp != d % (p - 1) or dq != d % (q - 1) or (qi * q) % p != 1:
+        raise KeyFileError(damaged.format("dp, dq or qi do not follow from p, q and d"))
+    if (e * dp) % (p - 1) != 1 or (e * dq) % (q - 1) != 1:
+        raise KeyFileError(damaged.format("d is not the inverse of e"))
+
+
+def _self_test(raw: rsa.RSAPrivateKey, source: str) -> None:
+    # A key whose parts disagree (a damaged file) signs what its public half rejects;
+    # and a faulty CRT signature must never leave the process (it can leak a factor).
+    if raw.key_size < 2048:
+        raise KeyFileError(f"{source}: RSA keys must be at least 2048 bits")
+    message = b"forwarder key self-test"
+    try:
+        signature = raw.sign(message, padding.PKCS1v15(), hashes.SHA256())
+        raw.public_key().verify(signature, message, padding.PKCS1v15(), hashes.SHA256())
+    except (InvalidSignature, ValueError):
+        raise KeyFileError(
+            f"{source}: the RSA key fails a sign-and-verify test; the file is damaged "
+            "(create a new pair with `forwarder keys generate`)"
+        ) from None
 
 
 def _rsa_bits(key: RSAKey) -> int:
@@ -185,3 +262,37 @@ def write_private_key(path: Path, signing_key: SigningKey, *, force: bool = Fals
     with os.fdopen(fd, "w") as fh:
         fh.write(private_jwk_json(signing_key))
     os.chmod(path, 0o600)
+
+
+class KeyCache:
+    """Signing keys by file, each parsed once per (path, mtime, size, inode); thread-safe.
+
+    The config check, the daemon's start and every reload share one cache, so 1,000
+    providers naming one key file parse it once, and a reload parses only changed files.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._keys: dict[Path, tuple[tuple[int, int, int], SigningKey]] = {}
+        #: Files parsed so far (a test and the benchmark read it).
+        self.loads = 0
+
+    def get(self, path: Path) -> SigningKey:
+        """The key in ``path`` (absolute); :class:`KeyFileError` naming the file otherwise."""
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            raise KeyFileError(
+                f"{path} does not exist (create one with `forwarder keys generate`)"
+            ) from None
+        except OSError as exc:
+            raise KeyFileError(f"{path} cannot be read: {exc.strerror}") from None
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        with self._lock:
+            cached = self._keys.get(path)
+            if cached is not None and cached[0] == stamp:
+                return cached[1]
+            key = load_signing_key(path)
+            self.loads += 1
+            self._keys[path] = (stamp, key)
+            return key

@@ -1,9 +1,16 @@
-"""``forwarder sandbox``: the Okta-compatible org in the foreground."""
+"""``forwarder sandbox``: the Okta-compatible org in the foreground.
+
+``--orgs N`` makes it stand in for N customer orgs: each service app is its own org
+(its own risk provider, window, tokens and grants). With ``--public-key`` it registers
+N apps with that key and the scope up front and writes their client ids to
+``--orgs-file`` (JSON), ready for a benchmark's config.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import secrets
 import signal
@@ -32,15 +39,35 @@ def _api_token(path: str | None) -> str:
     return token
 
 
+def _provision(org: SandboxOrg, count: int, public_key: Path, out: Path | None) -> None:
+    jwk = json.loads(public_key.read_text())
+    jwk = {k: v for k, v in jwk.items() if k != "d"}  # only the public half is registered
+    orgs = []
+    for i in range(count):
+        name = f"org-{i + 1:04d}"
+        client_id = org.register_client(name, {"keys": [jwk]})
+        org.grant(client_id)
+        orgs.append({"name": name, "client_id": client_id})
+    if out is not None:
+        out.write_text(json.dumps(orgs, indent=1) + "\n")
+
+
 async def _main(args: argparse.Namespace) -> None:
     listen = parse_listen(args.listen)
+    many = args.orgs > 0
     org = SandboxOrg(
         clock=SystemClock(),
         calls_per_minute=args.calls_per_minute,
         window_s=args.window_seconds,
         token_lifetime_s=args.token_lifetime,
         api_token=_api_token(args.api_token_file),
+        org_per_client=many,
+        keep_bodies=not many,
     )
+    if many and args.public_key:
+        _provision(
+            org, args.orgs, Path(args.public_key), Path(args.orgs_file) if args.orgs_file else None
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -48,6 +75,8 @@ async def _main(args: argparse.Namespace) -> None:
     async with serve(org, listen.host, listen.port) as url:
         where = f"in {args.api_token_file}" if args.api_token_file else "printed once below"
         print(f"sandbox Okta org listening on {url}", flush=True)
+        if many:
+            print(f"  standing in for {args.orgs} orgs: each service app is its own", flush=True)
         print(
             f"  {args.calls_per_minute} events calls per {args.window_seconds:g} s per provider; "
             f"tokens live {args.token_lifetime} s",

@@ -250,6 +250,10 @@ async def _sandbox_faults(request: web.Request) -> web.StreamResponse:
     return web.json_response(org.apply_faults(await _read_json(request)))
 
 
+async def _sandbox_orgs(request: web.Request) -> web.StreamResponse:
+    return web.json_response(_admin(request, None).orgs())
+
+
 async def _sandbox_state(request: web.Request) -> web.StreamResponse:
     org = _admin(request, None)
     return web.json_response(org.summary(_origin(request)))
@@ -275,6 +279,7 @@ def build_app(org: SandboxOrg) -> web.Application:
     app.router.add_get("/_sandbox/tokens", _sandbox_tokens)
     app.router.add_post("/_sandbox/faults", _sandbox_faults)
     app.router.add_get("/_sandbox/state", _sandbox_state)
+    app.router.add_get("/_sandbox/orgs", _sandbox_orgs)
     return app
 
 

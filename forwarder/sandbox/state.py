@@ -48,6 +48,7 @@ from forwarder.sandbox.resources import (
     parse_provider_body,
 )
 from forwarder.sandbox.syslog import SystemLog
+from forwarder.sandbox.tenants import OrgTally
 from forwarder.sandbox.tokens import AuthorizationServer, claimed_client, parse_token_form
 from forwarder.sandbox.validation import parse_json, validate_risk_events
 from forwarder.sandbox.window import SlidingWindow
@@ -88,6 +89,8 @@ class SandboxOrg:
         api_token: str | None = None,
         max_events: int = 20,
         max_subjects: int = 50,
+        org_per_client: bool = False,
+        keep_bodies: bool = True,
     ) -> None:
         if calls_per_minute < 1 or window_s <= 0 or token_lifetime_s < 1:
             raise ValueError("calls_per_minute, window_s and token_lifetime_s must be positive")
@@ -99,6 +102,12 @@ class SandboxOrg:
         self.token_lifetime_s = token_lifetime_s
         self.max_events = max_events
         self.max_subjects = max_subjects
+        #: Each registered app is its own org's risk provider (a fleet of orgs in one).
+        self.org_per_client = org_per_client
+        #: Keep accepted bodies in :attr:`accepted` (off for 1,000-org benchmarks).
+        self.keep_bodies = keep_bodies
+        #: Per client id: what its org was answered (see :mod:`.tenants`).
+        self.tallies: dict[str, OrgTally] = {}
         #: The SSWS admin API token.
         self.api_token: str = api_token or "00" + secrets.token_urlsafe(30)
         #: Every events call answered 202, in order.
@@ -120,6 +129,8 @@ class SandboxOrg:
         #: ``GET /api/v1/logs``: a ``security.risk.signal.consume`` per accepted call.
         self.system_log = SystemLog()
         self._windows: dict[str, SlidingWindow] = {}
+        self._provider_of_client: dict[str, Provider] = {}
+        self._last_accepted: AcceptedCall | None = None
         self._anonymous = SlidingWindow(limit=calls_per_minute, window_s=window_s)
         self._event_faults: deque[int] = deque()
         self._token_faults: deque[int] = deque()
@@ -252,6 +263,13 @@ class SandboxOrg:
         }
         self._clients[client_id] = RegisteredClient(client_id, metadata, keys)
         self._grants[client_id] = {}
+        if self.org_per_client:
+            # Its own org, whose risk provider it is (no three-per-org cap across orgs).
+            now = self.clock.time()
+            name = str(metadata.get("client_name") or client_id)[:50]
+            provider = Provider(random_id("00rp", 13), name, client_id, "log_only", now, now)
+            self._providers[provider.id] = provider
+            self._provider_of_client[client_id] = provider
         return metadata
 
     def grant(self, client_id: str, scope_id: str = RISK_EVENTS_SCOPE) -> None:
@@ -366,6 +384,8 @@ class SandboxOrg:
             raise ValueError("; ".join(exc.causes) or exc.summary) from None
 
     def _provider_for(self, client_id: str) -> Provider | None:
+        if self.org_per_client:
+            return self._provider_of_client.get(client_id)
         # Several providers naming one app is undocumented; the oldest one wins.
         for provider in self._providers.values():
             if provider.client_id == client_id:
@@ -464,7 +484,13 @@ class SandboxOrg:
         if answer.status == 202 and client_id is not None:
             self._log_consumed(client_id, client_ip, now)
         self.event_calls.append(CallRecord(now, client_id, answer.status))
+        if client_id is not None:
+            self.tallies.setdefault(client_id, OrgTally()).called(now, answer.status)
         return answer
+
+    def orgs(self) -> dict[str, Any]:
+        """``GET /_sandbox/orgs``: per client id, its calls, statuses and distinct IPs."""
+        return {cid: t.to_json(self.window_s) for cid, t in self.tallies.items()}
 
     def _anonymous_answer(self, error: ApiError | InsufficientScopeError, now: float) -> Answer:
         # Calls that reach no provider count in a per-org window used only for the headers.
@@ -475,7 +501,9 @@ class SandboxOrg:
         return _api_answer(error, headers)
 
     def _log_consumed(self, client_id: str, client_ip: str, now: float) -> None:
-        call = self.accepted[-1]
+        call = self._last_accepted
+        if call is None:
+            return
         provider = self._providers.get(call.provider_id)
         # Action "none": Okta ignores the provider's signals (nothing in the System Log).
         if provider is None or provider.action == "none":
@@ -554,7 +582,11 @@ class SandboxOrg:
         )
         if causes:
             return _api_answer(validation_failed(causes), headers), client_id
-        self.accepted.append(AcceptedCall(now, client_id, provider.id, parsed))
+        call = AcceptedCall(now, client_id, provider.id, parsed)
+        self._last_accepted = call
+        self.tallies.setdefault(client_id, OrgTally()).accepted(now, call.ips)
+        if self.keep_bodies:
+            self.accepted.append(call)
         return Answer(202, None, headers), client_id
 
     # ------------------------------------------------------------------ System Log

@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from forwarder.telemetry.health import Readiness, health_app
+from forwarder.telemetry.health import Readiness, health_app, readiness_body
 from forwarder.telemetry.live import BudgetView, LiveSource, drain_estimate_s
 from forwarder.telemetry.logs import configure_logging, redact
 from forwarder.telemetry.metrics import Metrics
@@ -23,5 +23,6 @@ __all__ = [
     "configure_logging",
     "drain_estimate_s",
     "health_app",
+    "readiness_body",
     "redact",
 ]

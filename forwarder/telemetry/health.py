@@ -10,7 +10,8 @@ org cannot take the others down with it.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -19,10 +20,39 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from forwarder import __version__
 from forwarder.telemetry.metrics import Metrics
 
-__all__ = ["Readiness", "health_app"]
+__all__ = ["NOT_OK_LISTED", "Readiness", "health_app", "readiness_body"]
 
 Readiness = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
-"""Returns (ready, body): the body lists the store, ingest and every provider."""
+"""Returns (ready, body): the store, ingest, providers by state and those not ok."""
+
+#: How many providers that are not ok ``/readyz`` details (the rest are counted).
+NOT_OK_LISTED = 20
+# Worst first: an operator must act on failing; rate limits and backoff heal themselves.
+_SEVERITY = {"failing": 0, "rate_limited": 1, "backing_off": 2}
+
+
+def readiness_body(
+    states: Mapping[str, str],
+    *,
+    detail: Callable[[str], dict[str, Any]],
+    limit: int = NOT_OK_LISTED,
+) -> dict[str, Any]:
+    """The provider part of ``/readyz``: bounded whatever the number of orgs.
+
+    ``summary`` counts providers by state; ``providers`` details at most ``limit`` that
+    are not ok (failing first, then by name) and ``providers_not_listed`` counts the rest.
+    ``forwarder status`` shows every provider.
+    """
+    by_state = Counter(states.values())
+    troubled = sorted(
+        (name for name, state in states.items() if state != "ok"),
+        key=lambda name: (_SEVERITY.get(states[name], 9), name),
+    )
+    return {
+        "summary": {"providers": len(states), **dict(sorted(by_state.items()))},
+        "providers": {name: detail(name) for name in troubled[:limit]},
+        "providers_not_listed": max(0, len(troubled) - limit),
+    }
 
 
 def health_app(metrics: Metrics, readiness: Readiness) -> web.Application:

@@ -96,6 +96,11 @@ class LiveCollector(Collector):
         return [
             gauge("forwarder_ready", "1 when /readyz answers 200 (store writable, ingest up)."),
             gauge(
+                "forwarder_providers",
+                "Configured providers (customer orgs) running, by state.",
+                "state",
+            ),
+            gauge(
                 "forwarder_store_entries",
                 "Entries stored (a broadcast once, a targeted one per provider); compare with "
                 "forwarder_store_capacity.",
@@ -164,7 +169,10 @@ class LiveCollector(Collector):
         now_ms = int(self._clock.time() * 1000)
         by_name["forwarder_ready"].add_metric([], 1.0 if source.is_ready() else 0.0)
         by_name["forwarder_store_entries"].add_metric([], source.store_entries())
+        by_state = dict.fromkeys(PROVIDER_STATES, 0)
         for provider in source.providers():
+            current = source.provider_status(provider)
+            by_state[current] = by_state.get(current, 0) + 1
             p = [provider]
             counts = source.pending_counts(provider)
             oldest = source.oldest_pending_ms(provider)
@@ -190,9 +198,10 @@ class LiveCollector(Collector):
                     p, budget.server_remaining
                 )
             by_name["forwarder_backlog_drain_seconds"].add_metric(p, budget.drain_s)
-            current = source.provider_status(provider)
             for state in PROVIDER_STATES:
                 by_name["forwarder_provider_state"].add_metric(
                     [provider, state], 1.0 if state == current else 0.0
                 )
+        for state in PROVIDER_STATES:
+            by_name["forwarder_providers"].add_metric([state], by_state[state])
         yield from families

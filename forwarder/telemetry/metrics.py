@@ -4,6 +4,11 @@
 and the token sources call; values that change without an event (backlog, budget,
 provider state) are read at scrape time from a :class:`LiveSource` (``app.Daemon``).
 
+Per-org series are limited to what SREs alert and graph on (29 per provider, counted in
+docs/metrics.md): at 1,000 orgs a scrape stays a few MB. Call durations, delivery
+latency, retries, token requests and coalescing are exported for the whole process;
+``forwarder status`` and ``/readyz`` give the per-org detail.
+
 Labels are bounded by construction: ``provider`` is a configured provider name,
 ``risk_level``, ``outcome``, ``reason``, ``code`` and ``state`` come from the fixed
 tuples in :mod:`~forwarder.telemetry.labels`, and anything else an observer reports is
@@ -13,6 +18,7 @@ reference is ``docs/metrics.md`` (a test keeps it equal to what this module expo
 
 from __future__ import annotations
 
+import contextlib
 import platform
 from collections.abc import Callable, Iterable, Sequence
 
@@ -79,7 +85,7 @@ class Metrics:
         registry: CollectorRegistry | None = None,
     ) -> None:
         self.clock = clock
-        self.providers = tuple(providers)
+        self.providers: set[str] = set(providers)
         self.registry = registry or CollectorRegistry(auto_describe=True)
         self.live: LiveSource | None = None
         r = self.registry
@@ -116,7 +122,6 @@ class Metrics:
         self.coalesced = Counter(
             "forwarder_signals_coalesced",
             "Signals merged into an IP already waiting (replacing it or older than it).",
-            ["provider"],
             registry=r,
         )
         self.expired = Counter(
@@ -150,8 +155,7 @@ class Metrics:
         )
         self.call_duration = Histogram(
             "forwarder_okta_call_duration_seconds",
-            "Duration of events calls, request sent to answer read.",
-            ["provider"],
+            "Duration of events calls, request sent to answer read (every provider).",
             buckets=_CALL_BUCKETS,
             registry=r,
         )
@@ -163,28 +167,39 @@ class Metrics:
         )
         self.delivery_latency = Histogram(
             "forwarder_delivery_latency_seconds",
-            "Time from ingest to Okta's 202, by risk level.",
-            ["provider", "risk_level"],
+            "Time from ingest to Okta's 202, by risk level (every provider).",
+            ["risk_level"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
         self.retries = Counter(
             "forwarder_retries",
-            "Batches kept for a later attempt, by reason.",
-            ["provider", "reason"],
+            "Batches kept for a later attempt, by reason (every provider).",
+            ["reason"],
             registry=r,
         )
         # -- tokens
         self.token_requests = Counter(
             "forwarder_token_requests",
-            "Token requests to /oauth2/v1/token, by outcome.",
-            ["provider", "outcome"],
+            "Token requests to /oauth2/v1/token, by outcome (every provider).",
+            ["outcome"],
             registry=r,
         )
         self.token_expiry = Gauge(
             "forwarder_token_expiry_timestamp_seconds",
             "When the cached access token is renewed (epoch s; shortly before Okta's expiry).",
             ["provider"],
+            registry=r,
+        )
+        # -- configuration (Prometheus's own names for the same facts)
+        self.reload_ok = Gauge(
+            "forwarder_config_last_reload_successful",
+            "1 when the last config load (start or SIGHUP) was applied, 0 when it was refused.",
+            registry=r,
+        )
+        self.reload_at = Gauge(
+            "forwarder_config_last_reload_success_timestamp_seconds",
+            "When the config was last loaded and applied (epoch seconds).",
             registry=r,
         )
         r.register(LiveCollector(lambda: self.live, clock))
@@ -197,20 +212,50 @@ class Metrics:
             self.received_total.labels("rejected", reason)
         for code in INGEST_CODES:
             self.ingest_requests.labels(code)
-        for p in self.providers:
-            self.coalesced.labels(p)
-            self.expired.labels(p)
-            self.dead_lettered_total.labels(p)
-            self.call_duration.labels(p)
+        for reason in RETRY_REASONS:
+            self.retries.labels(reason)
+        for outcome in TOKEN_OUTCOMES:
+            self.token_requests.labels(outcome)
+        for level in RISK_LEVELS:
+            self.delivery_latency.labels(level)
+        for p in sorted(self.providers):
+            self._precreate_provider(p)
+
+    def _precreate_provider(self, p: str) -> None:
+        self.expired.labels(p)
+        self.dead_lettered_total.labels(p)
+        for outcome in CALL_OUTCOMES:
+            self.calls.labels(p, outcome)
+        for level in RISK_LEVELS:
+            self.subjects_sent.labels(p, level)
+
+    def add_providers(self, names: Iterable[str]) -> None:
+        """Providers added by a reload: their series exist from now on, at 0."""
+        for name in names:
+            if name not in self.providers:
+                self.providers.add(name)
+                self._precreate_provider(name)
+
+    def remove_providers(self, names: Iterable[str]) -> None:
+        """Providers removed by a reload (their dispatcher has stopped): drop their series."""
+        for name in names:
+            if name not in self.providers:
+                continue
+            self.providers.discard(name)
+            self.expired.remove(name)
+            self.dead_lettered_total.remove(name)
             for outcome in CALL_OUTCOMES:
-                self.calls.labels(p, outcome)
-            for reason in RETRY_REASONS:
-                self.retries.labels(p, reason)
-            for outcome in TOKEN_OUTCOMES:
-                self.token_requests.labels(p, outcome)
+                self.calls.remove(name, outcome)
             for level in RISK_LEVELS:
-                self.subjects_sent.labels(p, level)
-                self.delivery_latency.labels(p, level)
+                self.subjects_sent.remove(name, level)
+            with contextlib.suppress(KeyError):
+                self.token_expiry.remove(name)
+
+    def config_loaded(self, *, ok: bool, at: float) -> None:
+        """A config load (start or SIGHUP) was applied (``ok``) or refused."""
+        self.reload_ok.set(1 if ok else 0)
+        if ok:
+            self.reload_at.set(at)
 
     def attach(self, live: LiveSource, *, capacity: int, max_age_s: float) -> None:
         """Connect the scrape-time collector and record the static limits."""
@@ -237,7 +282,7 @@ class Metrics:
     # -- StoreObserver ---------------------------------------------------------------
     def signals_stored(self, provider: str, signals: int, new_rows: int) -> None:
         if signals > new_rows:
-            self.coalesced.labels(self._provider(provider)).inc(signals - new_rows)
+            self.coalesced.inc(signals - new_rows)
 
     def signals_expired(self, provider: str, count: int) -> None:
         self.expired.labels(self._provider(provider)).inc(count)
@@ -246,7 +291,7 @@ class Metrics:
     def call_finished(self, provider: str, outcome: str, duration_s: float) -> None:
         p = self._provider(provider)
         self.calls.labels(p, bounded(outcome, CALL_OUTCOMES)).inc()
-        self.call_duration.labels(p).observe(duration_s)
+        self.call_duration.observe(duration_s)
 
     def delivered(self, provider: str, signals: Sequence[Signal], now: float) -> None:
         p = self._provider(provider)
@@ -254,12 +299,10 @@ class Metrics:
         for s in signals:
             level = s.risk.name
             self.subjects_sent.labels(p, level).inc()
-            self.delivery_latency.labels(p, level).observe(
-                max(0.0, (now_ms - s.received_ms) / 1000)
-            )
+            self.delivery_latency.labels(level).observe(max(0.0, (now_ms - s.received_ms) / 1000))
 
     def retried(self, provider: str, reason: str) -> None:
-        self.retries.labels(self._provider(provider), bounded(reason, RETRY_REASONS)).inc()
+        self.retries.labels(bounded(reason, RETRY_REASONS)).inc()
 
     def dead_lettered(self, provider: str, count: int) -> None:
         self.dead_lettered_total.labels(self._provider(provider)).inc(count)
@@ -267,11 +310,11 @@ class Metrics:
     # -- tokens ----------------------------------------------------------------------
     def token_observer(self, provider: str) -> Callable[[str, float | None], None]:
         """The ``TokenSource`` observer for ``provider``."""
-        p = self._provider(provider)
 
         def observe(outcome: str, expires_at: float | None) -> None:
-            self.token_requests.labels(p, bounded(outcome, TOKEN_OUTCOMES)).inc()
-            if expires_at is not None:
+            self.token_requests.labels(bounded(outcome, TOKEN_OUTCOMES)).inc()
+            p = self._provider(provider)
+            if expires_at is not None and p in self.providers:
                 self.token_expiry.labels(p).set(expires_at)
 
         return observe

@@ -147,14 +147,36 @@ def register(sub: Any) -> None:
         "setup", help="keys, app, grant, provider and check in one go; prints the config block"
     )
     _common(setup_cmd)
-    setup_cmd.add_argument("--name", required=True, help="app, provider and config name")
-    setup_cmd.add_argument("--keys-dir", required=True, metavar="DIR", help="where keys go")
+    setup_cmd.add_argument(
+        "--name",
+        required=True,
+        help='the name shown in Okta (app and risk provider), e.g. "Risk Provider Example"',
+    )
+    setup_cmd.add_argument(
+        "--provider-name",
+        metavar="NAME",
+        help="forwarder's name for the provider (default: a slug of --name)",
+    )
+    keys = setup_cmd.add_mutually_exclusive_group(required=True)
+    keys.add_argument("--keys-dir", metavar="DIR", help="generate a key pair here")
+    keys.add_argument(
+        "--key",
+        metavar="FILE",
+        help="reuse this private key (JWK or PEM) instead of generating one per org",
+    )
+    setup_cmd.add_argument(
+        "--write-to",
+        metavar="DIR",
+        help="write the org's [[providers]] file into this drop-in directory (for SIGHUP)",
+    )
     _action(setup_cmd)
     setup_cmd.add_argument("--alg", choices=ALGORITHMS, default="RS256")
     setup_cmd.add_argument(
         "--provider-id", metavar="ID", help="the provider to replace (when the org has several)"
     )
-    setup_cmd.add_argument("--force", action="store_true", help="replace existing key files")
+    setup_cmd.add_argument(
+        "--force", action="store_true", help="replace existing key files or drop-in file"
+    )
     setup_cmd.add_argument(
         "--send-test", action="store_true", help="end with a test event (spends one call)"
     )

@@ -3,24 +3,29 @@
 Steps, in order, stopping at the first failure with what to fix and how to continue:
 org (the API token works and a risk provider can be chosen, before anything changes),
 keys, app, grant, provider, check. On success it prints the ``[[providers]]`` block for
-the config.
+the config, or with ``--write-to DIR`` writes it as that org's file in the daemon's
+drop-in directory (``provider_files``), ready for ``SIGHUP``.
+
+``--name`` is Okta's display name (the service app and the risk provider; spaces are
+fine, as in Okta's own "Risk Provider Example"); ``--provider-name`` is forwarder's name
+for the provider (default: a slug of the display name). ``--key FILE`` registers the
+vendor's existing key pair instead of generating one per org.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-from pydantic import ValidationError
 
 from forwarder.cli.okta.check import result_lines
 from forwarder.cli.okta.inputs import api_token, org_arg
 from forwarder.cli.okta.output import Output
 from forwarder.clock import SystemClock
-from forwarder.config import ProviderSettings
 from forwarder.errors import ForwarderError
 from forwarder.okta.admin import AdminClient
 from forwarder.okta.provision import (
@@ -31,29 +36,30 @@ from forwarder.okta.provision import (
     check_provider_name,
     choose_provider,
     describe_provider,
+    drop_in_path,
     ensure_scope_granted,
     is_unconfigured,
     list_providers,
+    provider_slug,
     providers_block,
+    reuse_key_pair,
     set_provider,
+    write_drop_in,
     write_key_pair,
 )
+from forwarder.okta.provision.dropin import check_provider_name as check_config_name
 
 __all__ = ["STEPS", "setup"]
 
 STEPS = ("org", "keys", "app", "grant", "provider", "check")
 
 
-def _config_name(name: str, org_url: str) -> str:
-    """``--name`` names the provider in forwarder's config too, so it follows that rule."""
-    try:
-        ProviderSettings(name=name, org_url=org_url, client_id="0oa", private_key_file="k")
-    except ValidationError:
-        raise ProvisionError(
-            f"--name {name!r} also names the provider in forwarder's config: use 1 to 50 "
-            "letters, digits, '.', '_' or '-', starting with a letter or digit"
-        ) from None
-    return check_provider_name(name)
+def _names(args: argparse.Namespace) -> tuple[str, str]:
+    """(Okta's display name, forwarder's provider name)."""
+    display = check_provider_name(args.name)
+    if args.provider_name:
+        return display, check_config_name(args.provider_name)
+    return display, provider_slug(display)
 
 
 class _Progress:
@@ -86,11 +92,17 @@ async def setup(args: argparse.Namespace, out: Output) -> int:
     if note:
         out.note(note)
     out.data["org_url"] = org_url
-    name = _config_name(args.name, org_url)
+    display, name = _names(args)
+    out.data["provider_name"] = name
+    if args.key is None and args.keys_dir is None:
+        raise ProvisionError("pass --keys-dir DIR (a new key pair) or --key FILE (reuse one)")
+    if args.write_to:
+        # Refused before anything changes in Okta.
+        drop_in_path(Path(args.write_to), name, force=args.force)
     token = api_token(args.api_token_file)
     progress = _Progress(out)
-    state: dict[str, str] = {}
-    out.say(f"forwarder okta setup: provisioning {name!r} in {org_url}")
+    state: dict[str, str] = {"display": display}
+    out.say(f"forwarder okta setup: provisioning {display!r} (provider {name!r}) in {org_url}")
     async with aiohttp.ClientSession() as session:
         admin = AdminClient(session, org_url, token)
         try:
@@ -136,16 +148,23 @@ async def _steps(
     )
 
     progress.start("keys")
-    pair = write_key_pair(Path(args.keys_dir), name, alg=args.alg, force=args.force)
+    if args.key:
+        pair = reuse_key_pair(Path(args.key))
+        progress.ok(f"reusing {pair.private_file}; kid {pair.key.kid}")
+    else:
+        pair = write_key_pair(Path(args.keys_dir), name, alg=args.alg, force=args.force)
+        progress.ok(
+            f"{pair.private_file} (private, 0600) and {pair.public_file}; kid {pair.key.kid}"
+        )
     state["public_key"] = str(pair.public_file)
-    progress.ok(f"{pair.private_file} (private, 0600) and {pair.public_file}; kid {pair.key.kid}")
+    display = state["display"]
 
     progress.start("app")
-    app = await admin.create_service_app(name, pair.public_jwk())
+    app = await admin.create_service_app(display, pair.public_jwk())
     client_id = str(app.get("client_id"))
     state["client_id"] = client_id
     out.data["client_id"] = client_id
-    progress.ok(f"service app {name!r}: client_id {client_id}")
+    progress.ok(f"service app {display!r}: client_id {client_id}")
 
     progress.start("grant")
     granted = await ensure_scope_granted(admin, client_id)
@@ -154,7 +173,7 @@ async def _steps(
     progress.start("provider")
     change = await set_provider(
         admin,
-        name=name,
+        name=display,
         client_id=client_id,
         action=args.action,
         provider_id=str(target.get("id")) if target else None,
@@ -187,6 +206,13 @@ async def _steps(
         raise CheckFailed(result)
     progress.ok(result_lines(result)[0].removeprefix(f"{name}: OK  "))
     out.say()
+    if args.write_to:
+        path = drop_in_path(Path(args.write_to), name, force=args.force)
+        write_drop_in(path, block, force=args.force)
+        out.data["written_to"] = str(path)
+        out.say(f"done. Wrote {path}: with it in the config's provider_files, send the")
+        out.say("running daemon SIGHUP (e.g. `kill -HUP PID`) and it starts sending to this org.")
+        return out.finish()
     out.say("done. Add this to forwarder's config, then check it with")
     out.say("`forwarder okta check --config FILE` and start `forwarder run --config FILE`:")
     out.say()
@@ -199,10 +225,11 @@ def _resume(
 ) -> str:
     """What was left behind by the failed setup and how to continue after fixing it."""
     cid = state.get("client_id", "")
+    shown = json.dumps(state.get("display", name))
     set_cmd = (
         f"forwarder okta providers set --org {org_url}"
         + (f" --id {args.provider_id}" if args.provider_id else "")
-        + f" --name {name} --client-id {cid} --action {args.action}"
+        + f" --name {shown} --client-id {cid} --action {args.action}"
     )
     if step in ("org", "keys"):
         return f"nothing was changed in {org_url}; fix the above and run setup again"
@@ -210,7 +237,7 @@ def _resume(
         return (
             f"nothing was registered in {org_url}; the key files are written: run setup again "
             f"with --force, or register them with `forwarder okta create-app --org {org_url} "
-            f"--name {name} --public-key {state.get('public_key')}`"
+            f"--name {shown} --public-key {state.get('public_key')}`"
         )
     if step == "grant":
         return (

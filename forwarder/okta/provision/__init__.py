@@ -10,6 +10,8 @@ The steps of Okta's guide (risk-api.md §7):
 5. proof: a token fetched with the key (DPoP when the app requires it), and optionally one
    harmless test event: :mod:`.check`; then its ``security.risk.signal.consume`` in the
    System Log: :mod:`.confirm`.
+6. for a daemon serving many orgs, the org's ``[[providers]]`` file in its drop-in
+   directory, ready for ``SIGHUP``: :mod:`.dropin`.
 
 No printing here: functions return results, and raise :class:`ProvisionError` for an
 input the operator must change or :class:`~forwarder.errors.AdminApiError` when the org
@@ -27,8 +29,14 @@ from forwarder.okta.provision.check import (
     check_provider,
     connectivity_signal,
 )
+from forwarder.okta.provision.dropin import drop_in_path, provider_slug, write_drop_in
 from forwarder.okta.provision.errors import ProvisionError
-from forwarder.okta.provision.keyfiles import KeyPair, load_public_jwk, write_key_pair
+from forwarder.okta.provision.keyfiles import (
+    KeyPair,
+    load_public_jwk,
+    reuse_key_pair,
+    write_key_pair,
+)
 from forwarder.okta.provision.org import (
     MAX_PROVIDERS,
     PROVIDER_ACTIONS,
@@ -61,11 +69,15 @@ __all__ = [
     "choose_provider",
     "connectivity_signal",
     "describe_provider",
+    "drop_in_path",
     "ensure_scope_granted",
     "is_unconfigured",
     "list_providers",
     "load_public_jwk",
+    "provider_slug",
     "providers_block",
+    "reuse_key_pair",
     "set_provider",
+    "write_drop_in",
     "write_key_pair",
 ]

@@ -24,12 +24,13 @@ from forwarder.okta.keys import (
     KeyFileError,
     SigningKey,
     generate_signing_key,
+    load_signing_key,
     parse_signing_key,
     write_private_key,
 )
 from forwarder.okta.provision.errors import ProvisionError
 
-__all__ = ["KeyPair", "load_public_jwk", "write_key_pair"]
+__all__ = ["KeyPair", "load_public_jwk", "reuse_key_pair", "write_key_pair"]
 
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _EC_ALG_BY_CURVE = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
@@ -78,6 +79,19 @@ def write_key_pair(
     except OSError as exc:
         raise ProvisionError(f"cannot write the key files in {out_dir}: {exc.strerror}") from None
     return KeyPair(key=key, private_file=private_file, public_file=public_file)
+
+
+def reuse_key_pair(private_file: Path) -> KeyPair:
+    """The vendor's existing private key, for one more org (its public half is registered).
+
+    One key pair can serve every customer org: each org registers the same public JWK on
+    its own service app. ``public_file`` is the private file itself (its public half).
+    """
+    try:
+        key = load_signing_key(private_file)
+    except KeyFileError as exc:
+        raise ProvisionError(f"--key: {exc}") from None
+    return KeyPair(key=key, private_file=private_file, public_file=private_file)
 
 
 def load_public_jwk(path: Path) -> tuple[dict[str, Any], bool]:

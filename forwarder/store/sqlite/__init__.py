@@ -499,6 +499,22 @@ class SqliteStore:
         )
         return {RiskLevel(r): t for r, t in levels.items()}
 
+    async def oldest_pending_many(
+        self, providers: Sequence[str]
+    ) -> dict[str, Mapping[RiskLevel, int]]:
+        """:meth:`oldest_pending_ms` of several providers in one trip to the store thread."""
+
+        def read() -> dict[str, Mapping[RiskLevel, int]]:
+            return {
+                p: {
+                    RiskLevel(r): t
+                    for r, t in oldest_pending(self._db, p, self._st.cursors.get(p)).items()
+                }
+                for p in providers
+            }
+
+        return await self._run(read)
+
     # -- call log and provider state -------------------------------------------------
 
     async def record_call(self, key: str, at_ms: int) -> None:
