@@ -208,11 +208,12 @@ async def _drive(
             now = loop.time() - started
             delivered = set(org.accepted_ips(client_id))
             coalesced = (
-                registry.get_sample_value(
-                    "forwarder_signals_coalesced_total", {"provider": PROVIDER}
-                )
-                or 0.0
+                # Process-wide (no provider label): one stored entry serves every org.
+                registry.get_sample_value("forwarder_signals_coalesced_total", {}) or 0.0
             )
+            # Counts between leases are an upper bound; a refresh (as a scrape does) makes
+            # them exact.
+            await daemon.view.refresh()
             pending = sum(daemon.view.pending_counts(PROVIDER).values())
             calls = [c.status for c in org.event_calls]
             next_in = max(0.0, dispatcher.next_call_at() - daemon.clock.time())

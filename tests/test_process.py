@@ -210,6 +210,8 @@ def test_demo_delivers_everything_and_exits_0(tmp_path: Path) -> None:
     assert "result               OK" in out
     assert "IPs delivered        2,020 of 2,020" in out
     assert "0 rate-limited" in out
+    # 2,495 signals for 2,020 IPs: every re-sighting is merged, and counted.
+    assert "coalesced            475 re-sightings" in out
 
 
 async def test_broken_bodies_and_requests_log_only_json_lines(
