@@ -23,6 +23,7 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -139,11 +140,54 @@ class IngestSettings(_Section):
 
 
 class StoreSettings(_Section):
-    """Where pending signals live."""
+    """Where pending signals live: one SQLite file, or a PostgreSQL database shared by replicas.
 
-    backend: Literal["sqlite"] = "sqlite"
+    The DSN is a secret: it never appears in a log line, ``/readyz``, ``status`` or an
+    error message (:func:`forwarder.store.postgres.dsn.describe_dsn` is what is shown).
+    """
+
+    backend: Literal["sqlite", "postgres"] = "sqlite"
     path: str = "./data/forwarder.db"
     max_pending: Annotated[int, Field(ge=1)] = 1_000_000
+    #: libpq URI (postgresql://user@host:5432/db); the password from PGPASSWORD/PGPASSFILE.
+    dsn: str = ""
+    #: A file holding the whole DSN (a mounted Secret), instead of ``dsn``.
+    dsn_file: str = ""
+    pool_size: Annotated[int, Field(ge=2, le=100)] = 10
+    #: A replica that stops renewing loses its providers after this long (kill -9, partition).
+    lease_ttl_s: Annotated[float, Field(ge=1, le=300)] = 15.0
+    #: Create and migrate the schema at start (under an advisory lock), or require that
+    #: ``forwarder store migrate`` did it (for operators who migrate as a separate step).
+    migrate_at_start: bool = True
+
+    @field_validator("dsn")
+    @classmethod
+    def _dsn(cls, v: str) -> str:
+        from forwarder.store.postgres.dsn import check_dsn  # noqa: PLC0415
+
+        if v:
+            check_dsn(v, "store.dsn", inline=True)
+        return v
+
+    @field_validator("dsn_file")
+    @classmethod
+    def _dsn_file(cls, v: str) -> str:
+        return _no_padding(v, "store.dsn_file") if v else v
+
+    @model_validator(mode="after")
+    def _backend_needs(self) -> StoreSettings:
+        if self.backend == "postgres":
+            if bool(self.dsn) == bool(self.dsn_file):
+                raise ValueError(
+                    'backend = "postgres" needs exactly one of dsn (a postgresql:// URI, the '
+                    "password in PGPASSWORD or PGPASSFILE) or dsn_file (a file holding the "
+                    "whole DSN, e.g. a mounted Secret)"
+                )
+        elif self.dsn or self.dsn_file:
+            raise ValueError(
+                'dsn and dsn_file are for backend = "postgres"; set backend or remove them'
+            )
+        return self
 
 
 class MetricsSettings(_Section):
@@ -329,6 +373,13 @@ def _check_files(settings: Settings, base: Path, listen: ListenAddress) -> list[
             f"ingest.tokens_file is required when ingest.listen ({listen}) is not loopback: "
             "detectors must present a bearer token"
         )
+    if settings.store.dsn_file:
+        from forwarder.store.postgres.dsn import read_dsn_file  # noqa: PLC0415
+
+        try:
+            read_dsn_file(_resolve(base, settings.store.dsn_file))
+        except ValueError as exc:
+            problems.append(str(exc))
     for provider in settings.providers:
         try:
             load_signing_key(_resolve(base, provider.private_key_file))
