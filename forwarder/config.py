@@ -43,6 +43,7 @@ __all__ = [
     "parse_listen",
     "read_tokens_file",
     "resolve_path",
+    "store_dsn",
     "validate_client_id",
     "validate_org_url",
 ]
@@ -386,6 +387,21 @@ def _check_files(settings: Settings, base: Path, listen: ListenAddress) -> list[
         except KeyFileError as exc:
             problems.append(f"providers[{provider.name}].private_key_file: {exc}")
     return problems
+
+
+def store_dsn(store: StoreSettings, base: Path) -> str:
+    """The PostgreSQL DSN: ``store.dsn``, or what ``store.dsn_file`` holds.
+
+    Raises :class:`ConfigError` (never quoting the DSN) when the file cannot be used.
+    """
+    if store.dsn:
+        return store.dsn
+    from forwarder.store.postgres.dsn import read_dsn_file  # noqa: PLC0415
+
+    try:
+        return read_dsn_file(_resolve(base, store.dsn_file))
+    except ValueError as exc:
+        raise ConfigError([str(exc)]) from None
 
 
 def resolve_path(base: Path, value: str) -> Path:
