@@ -8,11 +8,13 @@ is migrated once however many replicas start together, or required to be current
 from __future__ import annotations
 
 import asyncio
+import io
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import asyncpg
 import pytest
+import structlog
 
 from forwarder.config import load_settings, store_dsn
 from forwarder.errors import ConfigError, StoreError
@@ -20,6 +22,7 @@ from forwarder.okta.keys import generate_signing_key, write_private_key
 from forwarder.store.postgres.connect import open_pool
 from forwarder.store.postgres.dsn import describe_dsn
 from forwarder.store.postgres.schema import LATEST_VERSION, migrate, schema_version
+from forwarder.telemetry import configure_logging
 from tests.pg import PgCluster
 from tests.procs import run_cli
 
@@ -248,3 +251,18 @@ async def test_store_migrate_command_migrates_without_showing_the_dsn(
     refused = await run_cli("store", "migrate", "--config", str(sqlite))
     assert refused.code == 2
     assert 'store.backend = "postgres"' in refused.stderr
+
+
+def test_logs_mask_a_dsn_password_wherever_it_appears() -> None:
+    """A DSN logged by mistake (as a field, or inside an error text) loses its password."""
+    log = io.StringIO()
+    configure_logging("info", "json", stream=log)
+    try:
+        logger = structlog.get_logger("test")
+        logger.info("x", dsn=f"postgresql://fw:{SECRET}@db/forwarder")
+        logger.warning("y", error=f"failed: postgresql://fw:{SECRET}@db:5432/f?password={SECRET}")
+    finally:
+        structlog.reset_defaults()
+    text = log.getvalue()
+    assert SECRET not in text
+    assert "postgresql://fw:[redacted]@db:5432/f?password=[redacted]" in text
