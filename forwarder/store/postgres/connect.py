@@ -12,7 +12,10 @@ from forwarder.errors import StoreError
 from forwarder.store.postgres.dsn import describe_dsn
 from forwarder.store.postgres.schema import MigrationResult, migrate, require_current
 
-__all__ = ["connect_error", "open_pool"]
+__all__ = ["DB_ERRORS", "connect_error", "open_pool"]
+
+#: What a lost or refused connection, or a failed statement, raises.
+DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
 
 def connect_error(dsn: str, exc: BaseException) -> StoreError:
@@ -55,7 +58,7 @@ async def open_pool(
             command_timeout=60,
             server_settings={"application_name": application_name},
         )
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+    except DB_ERRORS as exc:
         raise connect_error(dsn, exc) from None
     try:
         async with pool.acquire() as conn:

@@ -33,11 +33,10 @@ import structlog
 from forwarder.clock import Clock
 from forwarder.store.postgres import owners
 from forwarder.store.postgres.balance import plan
+from forwarder.store.postgres.connect import DB_ERRORS
 from forwarder.store.postgres.owners import Replica
 
 __all__ = ["Coordinator", "OwnershipObserver"]
-
-_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
 
 class OwnershipObserver(Protocol):
@@ -121,7 +120,7 @@ class Coordinator:
                     self._wake.clear()
                     try:
                         await self.tick()
-                    except _DB_ERRORS as exc:
+                    except DB_ERRORS as exc:
                         self._log.warning("coordination_failed", error=str(exc))
                         self._drop_lapsed()
                     await self._pause(stop)
@@ -147,7 +146,7 @@ class Coordinator:
 
         try:
             conn = await self._pool.acquire()
-        except _DB_ERRORS as exc:
+        except DB_ERRORS as exc:
             # Polling alone still works; hand-overs then take up to one tick.
             self._log.warning("listen_failed", error=str(exc))
             yield
@@ -156,9 +155,9 @@ class Coordinator:
             await conn.add_listener(owners.OWNERS_CHANNEL, heard)
             yield
         finally:
-            with contextlib.suppress(*_DB_ERRORS):
+            with contextlib.suppress(*DB_ERRORS):
                 await conn.remove_listener(owners.OWNERS_CHANNEL, heard)
-            with contextlib.suppress(*_DB_ERRORS):
+            with contextlib.suppress(*DB_ERRORS):
                 await self._pool.release(conn)
 
     async def tick(self) -> None:
@@ -225,6 +224,6 @@ class Coordinator:
         try:
             async with self._pool.acquire() as conn:
                 await owners.leave(conn, self.replica.id)
-        except _DB_ERRORS as exc:
+        except DB_ERRORS as exc:
             # The leases lapse after ttl_s instead.
             self._log.warning("leave_failed", error=str(exc))

@@ -124,8 +124,93 @@ END
 $fn$;
 """
 
+_ENTRIES = """
+-- Broadcast entries (no provider: one row per ip, whatever the number of providers) and
+-- targeted entries (one row per provider and ip), as in the SQLite store. seq names one
+-- version of one entry; every provider's progress through the broadcasts is a cursor per
+-- level (cursors) plus what it settled out of order (done).
+CREATE TABLE signals (
+    ip          text     PRIMARY KEY,
+    risk        smallint NOT NULL,
+    message     text     NOT NULL,
+    ts_ms       bigint   NOT NULL,
+    expires_ms  bigint,
+    received_ms bigint   NOT NULL,
+    seq         bigint   NOT NULL
+);
+CREATE UNIQUE INDEX signals_order ON signals (risk, seq);
+CREATE INDEX signals_age ON signals (ts_ms);
+CREATE TABLE targeted (
+    provider    text     NOT NULL,
+    ip          text     NOT NULL,
+    risk        smallint NOT NULL,
+    message     text     NOT NULL,
+    ts_ms       bigint   NOT NULL,
+    expires_ms  bigint,
+    received_ms bigint   NOT NULL,
+    seq         bigint   NOT NULL,
+    PRIMARY KEY (provider, ip)
+);
+CREATE INDEX targeted_order ON targeted (provider, risk, seq);
+CREATE INDEX targeted_age ON targeted (ts_ms);
+
+-- The sequence counter and the entry counts. 'seq' is updated by every ingest commit, so
+-- its row lock orders those commits: a version with a higher seq always commits after
+-- every lower one, and a cursor that passed seq N can never miss a later commit below N
+-- (a SEQUENCE would hand out numbers in one order and commit them in another).
+-- 'inserted' is counted by ingest and 'deleted' by acks, sweeps and collection, so the
+-- two never wait for each other; stored entries = inserted - deleted.
+CREATE TABLE counters (
+    name  text   PRIMARY KEY,
+    value bigint NOT NULL
+);
+INSERT INTO counters (name, value) VALUES ('seq', 0), ('inserted', 0), ('deleted', 0);
+
+CREATE TABLE cursors (
+    provider text     NOT NULL,
+    risk     smallint NOT NULL,
+    seq      bigint   NOT NULL,
+    PRIMARY KEY (provider, risk)
+);
+CREATE TABLE done (
+    provider text     NOT NULL,
+    risk     smallint NOT NULL,
+    seq      bigint   NOT NULL,
+    PRIMARY KEY (provider, risk, seq)
+);
+CREATE TABLE dead_letters (
+    id          bigserial PRIMARY KEY,
+    provider    text      NOT NULL,
+    ip          text      NOT NULL,
+    risk        smallint  NOT NULL,
+    message     text      NOT NULL,
+    ts_ms       bigint    NOT NULL,
+    expires_ms  bigint,
+    received_ms bigint    NOT NULL,
+    failed_ms   bigint    NOT NULL,
+    reason      text      NOT NULL,
+    causes      jsonb     NOT NULL
+);
+CREATE INDEX dead_letters_by_provider ON dead_letters (provider, id);
+CREATE TABLE provider_state (
+    provider     text   PRIMARY KEY,
+    status       text   NOT NULL,
+    updated_ms   bigint NOT NULL,
+    last_call_ms bigint,
+    last_outcome text,
+    last_error   text,
+    hint         text,
+    until_ms     bigint
+);
+CREATE TABLE write_probe (
+    id integer PRIMARY KEY CHECK (id = 1),
+    n  bigint  NOT NULL
+);
+"""
+
 MIGRATIONS: Sequence[Migration] = (
     Migration(1, "replicas, provider leases with fencing epochs, call log", _COORDINATION),
+    Migration(2, "entries (broadcast once, targeted), cursors, dead letters, state", _ENTRIES),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

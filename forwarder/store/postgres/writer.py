@@ -1,0 +1,254 @@
+"""Ingest writes on PostgreSQL: one coalescing upsert per table per group commit.
+
+Concurrent ingest requests of one replica queue up while a commit is in flight and share
+the next one (:class:`GroupCommit`); a 202 is answered only after that transaction
+committed. Every replica writes, so the commits of all replicas are ordered by one row
+lock (``counters.seq``, taken first in each ingest transaction): sequence numbers are
+handed out in commit order, which is what lets a provider's cursor move past seq N
+knowing nothing below N can still appear.
+
+Rows are sent as arrays (``unnest ... WITH ORDINALITY``): one round trip and one
+statement per table however many signals the group holds. PostgreSQL refuses to update
+one row twice in one statement, so a group is first coalesced in memory by the same
+rule the upsert applies: the newest observation wins, on a tie the higher risk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import structlog
+
+from forwarder.errors import StoreError
+from forwarder.store.postgres.conn import Conn
+from forwarder.store.postgres.connect import DB_ERRORS
+
+__all__ = [
+    "CHANGED_CHANNEL",
+    "BroadcastRow",
+    "GroupCommit",
+    "TargetedRow",
+    "Upserted",
+    "coalesce_rows",
+    "upsert_rows",
+]
+
+#: NOTIFY channel: '*' (broadcast, every provider) or a comma-separated list of providers.
+CHANGED_CHANNEL = "forwarder_changed"
+_PAYLOAD_MAX = 7_000  # NOTIFY payloads are limited to 8000 bytes
+
+#: (ip, risk, message, ts_ms, expires_ms, received_ms)
+BroadcastRow = tuple[str, int, str, int, int | None, int]
+#: (provider, ip, risk, message, ts_ms, expires_ms, received_ms)
+TargetedRow = tuple[str, str, int, str, int, int | None, int]
+
+_NEXT_SEQ = "UPDATE counters SET value = value + $1 WHERE name = 'seq' RETURNING value"
+
+_BROADCAST = """
+WITH up AS (
+    INSERT INTO signals AS s (ip, risk, message, ts_ms, expires_ms, received_ms, seq)
+    SELECT u.ip, u.risk, u.message, u.ts_ms, u.expires_ms, u.received_ms, $7 + u.n - 1
+      FROM unnest($1::text[], $2::smallint[], $3::text[], $4::bigint[], $5::bigint[],
+                  $6::bigint[]) WITH ORDINALITY
+           AS u(ip, risk, message, ts_ms, expires_ms, received_ms, n)
+    ON CONFLICT (ip) DO UPDATE SET
+        risk = excluded.risk, message = excluded.message, ts_ms = excluded.ts_ms,
+        expires_ms = excluded.expires_ms, received_ms = excluded.received_ms,
+        seq = excluded.seq
+    WHERE excluded.ts_ms > s.ts_ms OR (excluded.ts_ms = s.ts_ms AND excluded.risk > s.risk)
+    RETURNING (xmax = 0) AS inserted
+),
+counted AS (
+    UPDATE counters SET value = value + (SELECT count(*) FROM up WHERE inserted)
+     WHERE name = 'inserted'
+)
+SELECT count(*) FILTER (WHERE inserted) AS inserted, count(*) AS stored FROM up
+"""
+
+_TARGETED = """
+WITH up AS (
+    INSERT INTO targeted AS t (provider, ip, risk, message, ts_ms, expires_ms, received_ms, seq)
+    SELECT u.provider, u.ip, u.risk, u.message, u.ts_ms, u.expires_ms, u.received_ms,
+           $8 + u.n - 1
+      FROM unnest($1::text[], $2::text[], $3::smallint[], $4::text[], $5::bigint[],
+                  $6::bigint[], $7::bigint[]) WITH ORDINALITY
+           AS u(provider, ip, risk, message, ts_ms, expires_ms, received_ms, n)
+    ON CONFLICT (provider, ip) DO UPDATE SET
+        risk = excluded.risk, message = excluded.message, ts_ms = excluded.ts_ms,
+        expires_ms = excluded.expires_ms, received_ms = excluded.received_ms,
+        seq = excluded.seq
+    WHERE excluded.ts_ms > t.ts_ms OR (excluded.ts_ms = t.ts_ms AND excluded.risk > t.risk)
+    RETURNING t.provider, (xmax = 0) AS inserted
+),
+counted AS (
+    UPDATE counters SET value = value + (SELECT count(*) FROM up WHERE inserted)
+     WHERE name = 'inserted'
+)
+SELECT provider, count(*) FILTER (WHERE inserted) AS inserted, count(*) AS stored
+  FROM up GROUP BY provider
+"""
+
+
+def _wins(new_ts: int, new_risk: int, old_ts: int, old_risk: int) -> bool:
+    """Okta's coalescing rule: the newest observation wins; on a tie the higher risk."""
+    return new_ts > old_ts or (new_ts == old_ts and new_risk > old_risk)
+
+
+def coalesce_rows(
+    broadcast: Sequence[BroadcastRow], targeted: Sequence[TargetedRow]
+) -> tuple[list[BroadcastRow], list[TargetedRow]]:
+    """One row per ip (broadcast) and per (provider, ip), by the upsert's rule, in time order.
+
+    Sequence numbers follow observation time within a commit ("oldest first").
+    """
+    b: dict[str, BroadcastRow] = {}
+    for row in broadcast:
+        old = b.get(row[0])
+        if old is None or _wins(row[3], row[1], old[3], old[1]):
+            b[row[0]] = row
+    t: dict[tuple[str, str], TargetedRow] = {}
+    for trow in targeted:
+        key = (trow[0], trow[1])
+        old_t = t.get(key)
+        if old_t is None or _wins(trow[4], trow[2], old_t[4], old_t[2]):
+            t[key] = trow
+    return sorted(b.values(), key=lambda r: r[3]), sorted(t.values(), key=lambda r: r[4])
+
+
+@dataclass(frozen=True, slots=True)
+class Upserted:
+    """What one group commit stored: new entries and versions, per table."""
+
+    last_seq: int
+    broadcast_new: int = 0
+    broadcast_stored: int = 0
+    #: provider -> (new entries, stored versions)
+    targeted: dict[str, tuple[int, int]] | None = None
+
+
+def _columns(rows: Sequence[tuple[object, ...]], width: int) -> list[list[object]]:
+    return [[r[i] for r in rows] for i in range(width)] if rows else [[] for _ in range(width)]
+
+
+async def upsert_rows(
+    conn: Conn, broadcast: Sequence[BroadcastRow], targeted: Sequence[TargetedRow]
+) -> Upserted:
+    """Coalesce and store the rows, then announce them; the caller owns the transaction."""
+    b, t = coalesce_rows(broadcast, targeted)
+    count = len(b) + len(t)
+    if not count:
+        return Upserted(last_seq=0)
+    last = int(await conn.fetchval(_NEXT_SEQ, count))
+    first = last - count + 1
+    b_new = b_stored = 0
+    per_provider: dict[str, tuple[int, int]] = {}
+    if b:
+        row = await conn.fetchrow(_BROADCAST, *_columns(b, 6), first)
+        assert row is not None
+        b_new, b_stored = int(row["inserted"]), int(row["stored"])
+    if t:
+        for r in await conn.fetch(_TARGETED, *_columns(t, 7), first + len(b)):
+            per_provider[r["provider"]] = (int(r["inserted"]), int(r["stored"]))
+    if b_stored or per_provider:
+        payload = ",".join(sorted(per_provider))
+        if b_stored or len(payload) > _PAYLOAD_MAX:
+            payload = "*"
+        await conn.execute("SELECT pg_notify($1, $2)", CHANGED_CHANNEL, payload)
+    return Upserted(
+        last_seq=last, broadcast_new=b_new, broadcast_stored=b_stored, targeted=per_provider
+    )
+
+
+_Batch = tuple[list[BroadcastRow], list[TargetedRow]]
+
+
+class GroupCommit:
+    """Concurrent writers share transactions: one in flight, the next one filling.
+
+    ``commit(conn_factory, rows)`` runs ``upsert_rows`` for a whole group in one
+    transaction; every caller of that group returns (or raises) when it commits.
+    """
+
+    def __init__(
+        self,
+        acquire: Callable[[], contextlib.AbstractAsyncContextManager[Conn]],
+        *,
+        max_rows: int = 20_000,
+        on_commit: Callable[[Upserted], None] | None = None,
+    ) -> None:
+        self._acquire = acquire
+        self._max_rows = max_rows
+        self._on_commit = on_commit
+        self._queue: list[tuple[_Batch, asyncio.Future[Upserted]]] = []
+        self._queued_rows = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._log = structlog.get_logger("forwarder.store")
+        #: The last commit succeeded (readiness).
+        self.ok = True
+
+    @property
+    def queued_rows(self) -> int:
+        return self._queued_rows
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="postgres-group-commit")
+
+    async def stop(self) -> None:
+        """Let queued writes commit, then stop."""
+        if self._task is None:
+            return
+        if self._queue:
+            self._wake.set()
+            await asyncio.gather(*(f for _, f in self._queue), return_exceptions=True)
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+
+    async def add(self, broadcast: list[BroadcastRow], targeted: list[TargetedRow]) -> Upserted:
+        fut: asyncio.Future[Upserted] = asyncio.get_running_loop().create_future()
+        self._queue.append(((broadcast, targeted), fut))
+        self._queued_rows += len(broadcast) + len(targeted)
+        self._wake.set()
+        return await fut
+
+    async def _loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                group: list[tuple[_Batch, asyncio.Future[Upserted]]] = []
+                n = 0
+                while self._queue and (not group or n < self._max_rows):
+                    batch, fut = self._queue.pop(0)
+                    group.append((batch, fut))
+                    n += len(batch[0]) + len(batch[1])
+                self._queued_rows -= n
+                broadcast = [r for (b, _), _ in group for r in b]
+                targeted = [r for (_, t), _ in group for r in t]
+                try:
+                    result = await self._commit(broadcast, targeted)
+                except StoreError as exc:
+                    self.ok = False
+                    self._log.warning("store_write_failed", error=str(exc))
+                    for _, fut in group:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    continue
+                self.ok = True
+                for _, fut in group:
+                    if not fut.done():
+                        fut.set_result(result)
+                if self._on_commit is not None:
+                    self._on_commit(result)
+
+    async def _commit(self, broadcast: list[BroadcastRow], targeted: list[TargetedRow]) -> Upserted:
+        try:
+            async with self._acquire() as conn, conn.transaction():
+                return await upsert_rows(conn, broadcast, targeted)
+        except DB_ERRORS as exc:
+            raise StoreError(f"PostgreSQL write failed: {exc}") from exc
