@@ -202,6 +202,13 @@ CREATE TABLE provider_state (
     hint         text,
     until_ms     bigint
 );
+-- The call log a budget reads when it is not fenced by a lease (one replica): times in
+-- ms under any key (a provider, an app). Fenced budgets use call_log (migration 1).
+CREATE TABLE calls (
+    key   text   NOT NULL,
+    at_ms bigint NOT NULL
+);
+CREATE INDEX calls_by_key ON calls (key, at_ms);
 CREATE TABLE write_probe (
     id integer PRIMARY KEY CHECK (id = 1),
     n  bigint  NOT NULL

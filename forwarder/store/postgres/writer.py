@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -59,13 +59,14 @@ WITH up AS (
         expires_ms = excluded.expires_ms, received_ms = excluded.received_ms,
         seq = excluded.seq
     WHERE excluded.ts_ms > s.ts_ms OR (excluded.ts_ms = s.ts_ms AND excluded.risk > s.risk)
-    RETURNING (xmax = 0) AS inserted
+    RETURNING s.risk, (xmax = 0) AS inserted
 ),
 counted AS (
     UPDATE counters SET value = value + (SELECT count(*) FROM up WHERE inserted)
      WHERE name = 'inserted'
 )
-SELECT count(*) FILTER (WHERE inserted) AS inserted, count(*) AS stored FROM up
+SELECT risk, count(*) FILTER (WHERE inserted) AS inserted, count(*) AS stored
+  FROM up GROUP BY risk
 """
 
 _TARGETED = """
@@ -81,15 +82,20 @@ WITH up AS (
         expires_ms = excluded.expires_ms, received_ms = excluded.received_ms,
         seq = excluded.seq
     WHERE excluded.ts_ms > t.ts_ms OR (excluded.ts_ms = t.ts_ms AND excluded.risk > t.risk)
-    RETURNING t.provider, (xmax = 0) AS inserted
+    RETURNING t.provider, t.risk, (xmax = 0) AS inserted
 ),
 counted AS (
     UPDATE counters SET value = value + (SELECT count(*) FROM up WHERE inserted)
      WHERE name = 'inserted'
 )
-SELECT provider, count(*) FILTER (WHERE inserted) AS inserted, count(*) AS stored
-  FROM up GROUP BY provider
+SELECT provider, risk, count(*) FILTER (WHERE inserted) AS inserted, count(*) AS stored
+  FROM up GROUP BY provider, risk
 """
+
+_ENTRIES = (
+    "SELECT sum(CASE name WHEN 'inserted' THEN value ELSE -value END) FROM counters"
+    " WHERE name IN ('inserted', 'deleted')"
+)
 
 
 def _wins(new_ts: int, new_risk: int, old_ts: int, old_risk: int) -> bool:
@@ -120,13 +126,23 @@ def coalesce_rows(
 
 @dataclass(frozen=True, slots=True)
 class Upserted:
-    """What one group commit stored: new entries and versions, per table."""
+    """What one group commit stored, and the store's size after it."""
 
     last_seq: int
-    broadcast_new: int = 0
-    broadcast_stored: int = 0
-    #: provider -> (new entries, stored versions)
-    targeted: dict[str, tuple[int, int]] | None = None
+    #: level -> (new entries, stored versions) of broadcast rows
+    broadcast: dict[int, tuple[int, int]] = field(default_factory=dict)
+    #: (provider, level) -> (new entries, stored versions) of targeted rows
+    targeted: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
+    #: Stored entries, every replica's, after this commit (what max_pending bounds).
+    entries: int = 0
+
+    @property
+    def broadcast_new(self) -> int:
+        return sum(n for n, _ in self.broadcast.values())
+
+    @property
+    def broadcast_stored(self) -> int:
+        return sum(n for _, n in self.broadcast.values())
 
 
 def _columns(rows: Sequence[tuple[object, ...]], width: int) -> list[list[object]]:
@@ -140,26 +156,24 @@ async def upsert_rows(
     b, t = coalesce_rows(broadcast, targeted)
     count = len(b) + len(t)
     if not count:
-        return Upserted(last_seq=0)
+        return Upserted(last_seq=0, entries=int(await conn.fetchval(_ENTRIES)))
     last = int(await conn.fetchval(_NEXT_SEQ, count))
     first = last - count + 1
-    b_new = b_stored = 0
-    per_provider: dict[str, tuple[int, int]] = {}
+    per_level: dict[int, tuple[int, int]] = {}
+    per_provider: dict[tuple[str, int], tuple[int, int]] = {}
     if b:
-        row = await conn.fetchrow(_BROADCAST, *_columns(b, 6), first)
-        assert row is not None
-        b_new, b_stored = int(row["inserted"]), int(row["stored"])
+        for r in await conn.fetch(_BROADCAST, *_columns(b, 6), first):
+            per_level[r["risk"]] = (int(r["inserted"]), int(r["stored"]))
     if t:
         for r in await conn.fetch(_TARGETED, *_columns(t, 7), first + len(b)):
-            per_provider[r["provider"]] = (int(r["inserted"]), int(r["stored"]))
-    if b_stored or per_provider:
-        payload = ",".join(sorted(per_provider))
-        if b_stored or len(payload) > _PAYLOAD_MAX:
+            per_provider[(r["provider"], r["risk"])] = (int(r["inserted"]), int(r["stored"]))
+    if per_level or per_provider:
+        payload = ",".join(sorted({p for p, _ in per_provider}))
+        if per_level or len(payload) > _PAYLOAD_MAX:
             payload = "*"
         await conn.execute("SELECT pg_notify($1, $2)", CHANGED_CHANNEL, payload)
-    return Upserted(
-        last_seq=last, broadcast_new=b_new, broadcast_stored=b_stored, targeted=per_provider
-    )
+    entries = int(await conn.fetchval(_ENTRIES))
+    return Upserted(last_seq=last, broadcast=per_level, targeted=per_provider, entries=entries)
 
 
 _Batch = tuple[list[BroadcastRow], list[TargetedRow]]
