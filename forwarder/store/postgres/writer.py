@@ -50,10 +50,10 @@ _NEXT_SEQ = "UPDATE counters SET value = value + $1 WHERE name = 'seq' RETURNING
 _BROADCAST = """
 WITH up AS (
     INSERT INTO signals AS s (ip, risk, message, ts_ms, expires_ms, received_ms, seq)
-    SELECT u.ip, u.risk, u.message, u.ts_ms, u.expires_ms, u.received_ms, $7 + u.n - 1
+    SELECT u.ip, u.risk, u.message, u.ts_ms, u.expires_ms, u.received_ms, u.seq
       FROM unnest($1::text[], $2::smallint[], $3::text[], $4::bigint[], $5::bigint[],
-                  $6::bigint[]) WITH ORDINALITY
-           AS u(ip, risk, message, ts_ms, expires_ms, received_ms, n)
+                  $6::bigint[], $7::bigint[])
+           AS u(ip, risk, message, ts_ms, expires_ms, received_ms, seq)
     ON CONFLICT (ip) DO UPDATE SET
         risk = excluded.risk, message = excluded.message, ts_ms = excluded.ts_ms,
         expires_ms = excluded.expires_ms, received_ms = excluded.received_ms,
@@ -72,11 +72,10 @@ SELECT risk, count(*) FILTER (WHERE inserted) AS inserted, count(*) AS stored
 _TARGETED = """
 WITH up AS (
     INSERT INTO targeted AS t (provider, ip, risk, message, ts_ms, expires_ms, received_ms, seq)
-    SELECT u.provider, u.ip, u.risk, u.message, u.ts_ms, u.expires_ms, u.received_ms,
-           $8 + u.n - 1
+    SELECT u.provider, u.ip, u.risk, u.message, u.ts_ms, u.expires_ms, u.received_ms, u.seq
       FROM unnest($1::text[], $2::text[], $3::smallint[], $4::text[], $5::bigint[],
-                  $6::bigint[], $7::bigint[]) WITH ORDINALITY
-           AS u(provider, ip, risk, message, ts_ms, expires_ms, received_ms, n)
+                  $6::bigint[], $7::bigint[], $8::bigint[])
+           AS u(provider, ip, risk, message, ts_ms, expires_ms, received_ms, seq)
     ON CONFLICT (provider, ip) DO UPDATE SET
         risk = excluded.risk, message = excluded.message, ts_ms = excluded.ts_ms,
         expires_ms = excluded.expires_ms, received_ms = excluded.received_ms,
@@ -158,14 +157,20 @@ async def upsert_rows(
     if not count:
         return Upserted(last_seq=0, entries=int(await conn.fetchval(_ENTRIES)))
     last = int(await conn.fetchval(_NEXT_SEQ, count))
-    first = last - count + 1
+    # Both kinds numbered together in observation time order ("oldest first").
+    order = sorted(
+        [(r[3], 0, i) for i, r in enumerate(b)] + [(r[4], 1, i) for i, r in enumerate(t)]
+    )
+    seqs: tuple[list[int], list[int]] = ([0] * len(b), [0] * len(t))
+    for offset, (_, kind, i) in enumerate(order):
+        seqs[kind][i] = last - count + 1 + offset
     per_level: dict[int, tuple[int, int]] = {}
     per_provider: dict[tuple[str, int], tuple[int, int]] = {}
     if b:
-        for r in await conn.fetch(_BROADCAST, *_columns(b, 6), first):
+        for r in await conn.fetch(_BROADCAST, *_columns(b, 6), seqs[0]):
             per_level[r["risk"]] = (int(r["inserted"]), int(r["stored"]))
     if t:
-        for r in await conn.fetch(_TARGETED, *_columns(t, 7), first + len(b)):
+        for r in await conn.fetch(_TARGETED, *_columns(t, 7), seqs[1]):
             per_provider[(r["provider"], r["risk"])] = (int(r["inserted"]), int(r["stored"]))
     if per_level or per_provider:
         payload = ",".join(sorted({p for p, _ in per_provider}))
