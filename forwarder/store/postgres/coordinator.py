@@ -36,7 +36,7 @@ from forwarder.store.postgres.balance import plan
 from forwarder.store.postgres.connect import DB_ERRORS
 from forwarder.store.postgres.owners import Replica
 
-__all__ = ["Coordinator", "OwnershipObserver"]
+__all__ = ["Coordinator", "ObserverGroup", "OwnershipObserver"]
 
 
 class OwnershipObserver(Protocol):
@@ -49,12 +49,19 @@ class OwnershipObserver(Protocol):
         ...
 
 
-class _Quiet:
+class ObserverGroup:
+    """Several observers told the same thing, in order (dispatch tasks, metrics)."""
+
+    def __init__(self, *observers: OwnershipObserver) -> None:
+        self._observers = observers
+
     def acquired(self, provider: str, epoch: int) -> None:
-        pass
+        for o in self._observers:
+            o.acquired(provider, epoch)
 
     def lost(self, provider: str, reason: str) -> None:
-        pass
+        for o in self._observers:
+            o.lost(provider, reason)
 
 
 @dataclass(slots=True)
@@ -82,7 +89,7 @@ class Coordinator:
         self._pool = pool
         self._providers = list(providers)
         self._clock = clock
-        self._observer: OwnershipObserver = observer or _Quiet()
+        self._observer: OwnershipObserver = observer or ObserverGroup()
         self._held: dict[str, _Held] = {}
         self._wake = asyncio.Event()
         self._known: set[str] = set()
@@ -123,6 +130,11 @@ class Coordinator:
                     except DB_ERRORS as exc:
                         self._log.warning("coordination_failed", error=str(exc))
                         self._drop_lapsed()
+                    except Exception as exc:
+                        # A surprise (a driver bug, a broken pool) must not end
+                        # coordination: the leases would lapse while dispatch went on.
+                        self._log.exception("coordination_failed", error=str(exc))
+                        self._drop_lapsed()
                     await self._pause(stop)
         finally:
             await asyncio.shield(self.leave())
@@ -144,8 +156,9 @@ class Coordinator:
         def heard(*_: object) -> None:
             self.wake()
 
+        pool = self._pool
         try:
-            conn = await self._pool.acquire()
+            conn = await pool.acquire()
         except DB_ERRORS as exc:
             # Polling alone still works; hand-overs then take up to one tick.
             self._log.warning("listen_failed", error=str(exc))
@@ -157,8 +170,8 @@ class Coordinator:
         finally:
             with contextlib.suppress(*DB_ERRORS):
                 await conn.remove_listener(owners.OWNERS_CHANNEL, heard)
-            with contextlib.suppress(*DB_ERRORS):
-                await self._pool.release(conn)
+            with contextlib.suppress(Exception):
+                await pool.release(conn)
 
     async def tick(self) -> None:
         """One round: heartbeat, renew, shed or claim."""
