@@ -6,6 +6,7 @@ Several pools with their own group commits stand in for replicas writing at once
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
@@ -17,6 +18,7 @@ from forwarder.store.postgres.writer import (
     BroadcastRow,
     GroupCommit,
     TargetedRow,
+    changes_payload,
     upsert_rows,
 )
 
@@ -90,26 +92,39 @@ async def test_one_group_may_carry_the_same_ip_many_times(pool: asyncpg.Pool) ->
     assert (await rows(pool, "targeted"))["acme/10.0.0.1"][:3] == (MEDIUM, "m", 6)
 
 
-async def test_targeted_entries_are_per_provider_and_announced_by_name(
+async def test_targeted_entries_are_per_provider_and_announced_with_counts(
     pool: asyncpg.Pool, pg_dsn: str
 ) -> None:
-    """Targeted rows key on (provider, ip); NOTIFY names the providers, or '*' for broadcast."""
-    heard: asyncio.Queue[str] = asyncio.Queue()
+    """Targeted rows key on (provider, ip); NOTIFY carries what was stored, per level and
+    provider, so other replicas can wake and count without a query."""
+    heard: asyncio.Queue[dict[str, object]] = asyncio.Queue()
     listener = await asyncpg.connect(pg_dsn)
     try:
-        await listener.add_listener(CHANGED_CHANNEL, lambda *a: heard.put_nowait(a[3]))
+        await listener.add_listener(CHANGED_CHANNEL, lambda *a: heard.put_nowait(json.loads(a[3])))
         await write(pool, [], [t("globex", "10.0.0.1", LOW, 1), t("acme", "10.0.0.1", HIGH, 1)])
-        assert await asyncio.wait_for(heard.get(), 5) == "acme,globex"
-        await write(pool, [b("10.9.9.9", LOW, 1)], [t("acme", "10.0.0.9", LOW, 1)])
-        assert await asyncio.wait_for(heard.get(), 5) == "*"
+        assert await asyncio.wait_for(heard.get(), 5) == {
+            "o": "", "b": {}, "t": {"acme": {"3": 1}, "globex": {"1": 1}},
+        }  # fmt: skip
+        await write(pool, [b("10.9.9.9", LOW, 1), b("10.9.9.8", LOW, 1)])
+        assert (await asyncio.wait_for(heard.get(), 5))["b"] == {"1": 2}
         await write(pool, [b("10.9.9.9", LOW, 0)])  # older: nothing stored, nothing announced
         await write(pool, [], [t("initech", "10.0.0.1", LOW, 1)])
-        assert await asyncio.wait_for(heard.get(), 5) == "initech"
+        assert (await asyncio.wait_for(heard.get(), 5))["t"] == {"initech": {"1": 1}}
     finally:
         await listener.close()
     assert sorted(await rows(pool, "targeted")) == [
-        "acme/10.0.0.1", "acme/10.0.0.9", "globex/10.0.0.1", "initech/10.0.0.1",
+        "acme/10.0.0.1", "globex/10.0.0.1", "initech/10.0.0.1",
     ]  # fmt: skip
+
+
+def test_a_large_announcement_still_fits_a_notify() -> None:
+    """Thousands of targeted providers: names only, then "all"; always under 8000 bytes."""
+    many = {(f"org-{i:04d}", 1): (1, 1) for i in range(500)}
+    assert "n" in json.loads(changes_payload("r", {1: (1, 1)}, many))
+    huge = {(f"org-{i:05d}-with-a-long-name", 1): (1, 1) for i in range(2000)}
+    payload = changes_payload("r", {}, huge)
+    assert json.loads(payload)["all"] is True
+    assert len(payload) < 8000
 
 
 async def test_concurrent_replicas_commit_in_sequence_order(

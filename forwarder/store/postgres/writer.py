@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -32,11 +33,12 @@ __all__ = [
     "GroupCommit",
     "TargetedRow",
     "Upserted",
+    "changes_payload",
     "coalesce_rows",
     "upsert_rows",
 ]
 
-#: NOTIFY channel: '*' (broadcast, every provider) or a comma-separated list of providers.
+#: NOTIFY channel; the payload is :func:`changes_payload`'s JSON.
 CHANGED_CHANNEL = "forwarder_changed"
 _PAYLOAD_MAX = 7_000  # NOTIFY payloads are limited to 8000 bytes
 
@@ -148,8 +150,37 @@ def _columns(rows: Sequence[tuple[object, ...]], width: int) -> list[list[object
     return [[r[i] for r in rows] for i in range(width)] if rows else [[] for _ in range(width)]
 
 
+def changes_payload(
+    origin: str,
+    broadcast: dict[int, tuple[int, int]],
+    targeted: dict[tuple[str, int], tuple[int, int]],
+) -> str:
+    """What other replicas need to wake their dispatchers and raise their backlog counts.
+
+    ``{"o": origin, "b": {level: versions}, "t": {provider: {level: versions}}}``; when
+    the targeted part would not fit a NOTIFY (8000 bytes), only the names, then only
+    ``"all": true`` (each receiver then counts one more entry for every provider).
+    """
+    b = {str(level): stored for level, (_, stored) in broadcast.items() if stored}
+    t: dict[str, dict[str, int]] = {}
+    for (provider, level), (_, stored) in targeted.items():
+        if stored:
+            t.setdefault(provider, {})[str(level)] = stored
+    text = json.dumps({"o": origin, "b": b, "t": t}, separators=(",", ":"))
+    if len(text) <= _PAYLOAD_MAX:
+        return text
+    text = json.dumps({"o": origin, "b": b, "n": sorted(t)}, separators=(",", ":"))
+    if len(text) <= _PAYLOAD_MAX:
+        return text
+    return json.dumps({"o": origin, "b": b, "all": True}, separators=(",", ":"))
+
+
 async def upsert_rows(
-    conn: Conn, broadcast: Sequence[BroadcastRow], targeted: Sequence[TargetedRow]
+    conn: Conn,
+    broadcast: Sequence[BroadcastRow],
+    targeted: Sequence[TargetedRow],
+    *,
+    origin: str = "",
 ) -> Upserted:
     """Coalesce and store the rows, then announce them; the caller owns the transaction."""
     b, t = coalesce_rows(broadcast, targeted)
@@ -173,9 +204,7 @@ async def upsert_rows(
         for r in await conn.fetch(_TARGETED, *_columns(t, 7), seqs[1]):
             per_provider[(r["provider"], r["risk"])] = (int(r["inserted"]), int(r["stored"]))
     if per_level or per_provider:
-        payload = ",".join(sorted({p for p, _ in per_provider}))
-        if per_level or len(payload) > _PAYLOAD_MAX:
-            payload = "*"
+        payload = changes_payload(origin, per_level, per_provider)
         await conn.execute("SELECT pg_notify($1, $2)", CHANGED_CHANNEL, payload)
     entries = int(await conn.fetchval(_ENTRIES))
     return Upserted(last_seq=last, broadcast=per_level, targeted=per_provider, entries=entries)
@@ -197,7 +226,9 @@ class GroupCommit:
         *,
         max_rows: int = 20_000,
         on_commit: Callable[[Upserted], None] | None = None,
+        origin: str = "",
     ) -> None:
+        self._origin = origin
         self._acquire = acquire
         self._max_rows = max_rows
         self._on_commit = on_commit
@@ -268,6 +299,6 @@ class GroupCommit:
     async def _commit(self, broadcast: list[BroadcastRow], targeted: list[TargetedRow]) -> Upserted:
         try:
             async with self._acquire() as conn, conn.transaction():
-                return await upsert_rows(conn, broadcast, targeted)
+                return await upsert_rows(conn, broadcast, targeted, origin=self._origin)
         except DB_ERRORS as exc:
             raise StoreError(f"PostgreSQL write failed: {exc}") from exc
