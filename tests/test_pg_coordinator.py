@@ -218,3 +218,31 @@ async def test_a_replica_cut_off_from_the_database_gives_up_its_providers_by_the
     assert {reason for _, reason in running.recorder.events.lost} == {"lapsed"}
     other = await fleet.start("b", ttl_s=1.5)
     await fleet.until(lambda: len(other.coordinator.owned()) == 10)
+
+
+async def test_hand_over_stays_prompt_after_the_server_drops_every_connection(
+    fleet: Fleet, pg_dsn: str
+) -> None:
+    """Connections cut by the server (a failover, an idle timeout): each replica listens
+    again on a new connection, so a later stop still hands over without a TTL wait."""
+    for name in ("a", "b"):
+        await fleet.start(name, ttl_s=6.0)
+    await fleet.until(lambda: fleet.spread(5, 5))
+    admin = await asyncpg.connect(pg_dsn)
+    try:
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        # Within a tick (ttl / 3) both have renewed and listen again.
+        await asyncio.sleep(2.5)
+        listening = await admin.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid()"
+        )
+        assert listening >= 2
+    finally:
+        await admin.close()
+    await fleet.until(lambda: fleet.spread(5, 5))
+    await fleet.stop("a")
+    assert await fleet.until(lambda: fleet.spread(10)) < 1.5

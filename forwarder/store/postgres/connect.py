@@ -7,15 +7,24 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from forwarder.errors import StoreError
 from forwarder.store.postgres.dsn import describe_dsn
 from forwarder.store.postgres.schema import MigrationResult, migrate, require_current
 
-__all__ = ["DB_ERRORS", "connect_error", "open_pool"]
+__all__ = ["DB_ERRORS", "alive", "connect_error", "open_pool"]
 
 #: What a lost or refused connection, or a failed statement, raises.
 DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+
+
+def alive(conn: PoolConnectionProxy[asyncpg.Record]) -> bool:
+    """A pooled connection is still open (the pool takes back one the server closed)."""
+    try:
+        return not conn.is_closed()
+    except asyncpg.InterfaceError:
+        return False
 
 
 def connect_error(dsn: str, exc: BaseException) -> StoreError:

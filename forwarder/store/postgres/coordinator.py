@@ -23,17 +23,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import asyncpg
 import structlog
+from asyncpg.pool import PoolConnectionProxy
 
 from forwarder.clock import Clock
 from forwarder.store.postgres import owners
 from forwarder.store.postgres.balance import plan
-from forwarder.store.postgres.connect import DB_ERRORS
+from forwarder.store.postgres.connect import DB_ERRORS, alive
 from forwarder.store.postgres.owners import Replica
 
 __all__ = ["Coordinator", "ObserverGroup", "OwnershipObserver"]
@@ -94,6 +95,7 @@ class Coordinator:
         self._wake = asyncio.Event()
         self._known: set[str] = set()
         self.live: list[str] = []
+        self._listener: tuple[asyncpg.Pool, PoolConnectionProxy[asyncpg.Record]] | None = None
         self._log = structlog.get_logger("forwarder.coordinator").bind(replica=replica.id)
 
     # -- what dispatchers ask ----------------------------------------------------------
@@ -122,21 +124,22 @@ class Coordinator:
     async def run(self, stop: asyncio.Event) -> None:
         """Coordinate until ``stop`` is set, then release everything and leave."""
         try:
-            async with self._listening():
-                while not stop.is_set():
-                    self._wake.clear()
-                    try:
-                        await self.tick()
-                    except DB_ERRORS as exc:
-                        self._log.warning("coordination_failed", error=str(exc))
-                        self._drop_lapsed()
-                    except Exception as exc:
-                        # A surprise (a driver bug, a broken pool) must not end
-                        # coordination: the leases would lapse while dispatch went on.
-                        self._log.exception("coordination_failed", error=str(exc))
-                        self._drop_lapsed()
-                    await self._pause(stop)
+            while not stop.is_set():
+                self._wake.clear()
+                try:
+                    await self._ensure_listening()
+                    await self.tick()
+                except DB_ERRORS as exc:
+                    self._log.warning("coordination_failed", error=str(exc))
+                    self._drop_lapsed()
+                except Exception as exc:
+                    # A surprise (a driver bug, a broken pool) must not end coordination:
+                    # the leases would lapse while dispatch went on.
+                    self._log.exception("coordination_failed", error=str(exc))
+                    self._drop_lapsed()
+                await self._pause(stop)
         finally:
+            await asyncio.shield(self._stop_listening())
             await asyncio.shield(self.leave())
 
     async def _pause(self, stop: asyncio.Event) -> None:
@@ -151,27 +154,35 @@ class Coordinator:
             for w in waits:
                 w.cancel()
 
-    @contextlib.asynccontextmanager
-    async def _listening(self) -> AsyncIterator[None]:
-        def heard(*_: object) -> None:
-            self.wake()
+    def _heard(self, *_: object) -> None:
+        self.wake()
 
-        pool = self._pool
-        try:
-            conn = await pool.acquire()
-        except DB_ERRORS as exc:
-            # Polling alone still works; hand-overs then take up to one tick.
-            self._log.warning("listen_failed", error=str(exc))
-            yield
+    async def _ensure_listening(self) -> None:
+        """LISTEN on a connection of its own; again on a new one if the server dropped it.
+
+        Without it coordination still works by polling; hand-overs then take up to a tick.
+        """
+        if self._listener is not None and alive(self._listener[1]):
             return
+        await self._stop_listening()
+        pool = self._pool
+        conn = await pool.acquire()
         try:
-            await conn.add_listener(owners.OWNERS_CHANNEL, heard)
-            yield
-        finally:
-            with contextlib.suppress(*DB_ERRORS):
-                await conn.remove_listener(owners.OWNERS_CHANNEL, heard)
-            with contextlib.suppress(Exception):
-                await pool.release(conn)
+            await conn.add_listener(owners.OWNERS_CHANNEL, self._heard)
+        except BaseException:
+            await pool.release(conn)
+            raise
+        self._listener = (pool, conn)
+
+    async def _stop_listening(self) -> None:
+        if self._listener is None:
+            return
+        pool, conn = self._listener
+        self._listener = None
+        with contextlib.suppress(Exception):
+            await conn.remove_listener(owners.OWNERS_CHANNEL, self._heard)
+        with contextlib.suppress(Exception):
+            await pool.release(conn)
 
     async def tick(self) -> None:
         """One round: heartbeat, renew, shed or claim."""
