@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import secrets
 import signal
 import socket
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -37,12 +39,22 @@ from forwarder.ingest import IngestApi
 from forwarder.okta.events import RiskEventsSender
 from forwarder.okta.keys import KeyFileError, SigningKey, load_signing_key
 from forwarder.okta.tokens import TokenSource
-from forwarder.ratelimit import CallBudget
+from forwarder.ratelimit import CallBudget, CallLog
 from forwarder.signals import RiskLevel, format_ms
-from forwarder.store.sqlite import SqliteStore
+from forwarder.store import StoreBackend, open_store
 from forwarder.telemetry import BudgetView, Metrics, drain_estimate_s, health_app
 
-__all__ = ["Daemon", "run_until_signalled"]
+__all__ = ["Daemon", "app_key", "run_until_signalled"]
+
+
+def app_key(p: ProviderSettings) -> str:
+    """Whose budget a provider's calls spend: the Okta app (org + client id), not its name."""
+    return f"{p.org_url}|{p.client_id}"
+
+
+def store_where(store: object) -> str:
+    """What to show of the store in logs (a DSN never: its redacted form)."""
+    return str(getattr(store, "where", type(store).__name__))
 
 
 def _bind(address: ListenAddress) -> socket.socket:
@@ -86,9 +98,12 @@ class Daemon:
         self.ingest_url = ""
         self.metrics_url = ""
         self.dispatchers: dict[str, Dispatcher] = {}
-        self.store: SqliteStore | None = None
+        self.store: StoreBackend | None = None
         self._ingest: IngestApi | None = None
         self._oldest: dict[str, Mapping[RiskLevel, int]] = {}
+        #: With several replicas (PostgreSQL): the lease coordinator and owned tasks.
+        self.coordinator: Any = None
+        self.owned_tasks: Any = None
         self._log = structlog.get_logger("forwarder")
 
     # -- composition -----------------------------------------------------------------
@@ -118,11 +133,15 @@ class Daemon:
         self,
         p: ProviderSettings,
         key: SigningKey,
-        store: SqliteStore,
+        store: StoreBackend,
         session: aiohttp.ClientSession,
+        calls: CallLog | None = None,
     ) -> Dispatcher:
         d = self.settings.dispatch
-        history = await store.recent_calls(p.name, self.clock.time() - p.window_s - 5)
+        calls = calls or store
+        call_key = p.name if calls is store else app_key(p)
+        since_ms = int((self.clock.time() - p.window_s - 5) * 1000)
+        history = [at_ms / 1000 for at_ms in await calls.recent_calls(call_key, since_ms)]
         tokens = TokenSource(
             session=session,
             org_url=p.org_url,
@@ -149,6 +168,8 @@ class Daemon:
             store=store,
             sender=sender,
             budget=budget,
+            calls=calls,
+            call_key=call_key,
             clock=self.clock,
             linger_s=d.linger_s,
             max_age_s=d.max_age_s,
@@ -170,8 +191,12 @@ class Daemon:
         store_path = resolve_path(self.base, s.store.path)
         connector = aiohttp.TCPConnector(limit_per_host=4)
         async with (
-            SqliteStore(
-                store_path, max_pending=s.store.max_pending, observer=self.metrics
+            open_store(
+                s.store,
+                base=self.base,
+                providers=names,
+                max_age_ms=int(s.dispatch.max_age_s * 1000),
+                observer=self.metrics,
             ) as store,
             aiohttp.ClientSession(connector=connector, trust_env=True) as session,
         ):
@@ -200,12 +225,15 @@ class Daemon:
                     version=__version__,
                     ingest=self.ingest_url,
                     metrics=self.metrics_url,
-                    store=str(store_path),
+                    store=str(store_path) if s.store.backend == "sqlite" else store_where(store),
                     providers=names,
                     pending=store.pending_total(),
                 )
                 self.ready.set()
-                await self._dispatch_until(stop)
+                if s.store.backend == "postgres":
+                    await self._dispatch_replicated(stop, store, keys, session)
+                else:
+                    await self._dispatch_until(stop)
             self._log.info("forwarder_stopped", pending=store.pending_total())
 
     async def _dispatch_until(self, stop: asyncio.Event) -> None:
@@ -225,6 +253,80 @@ class Daemon:
             for task in late:
                 self._log.warning("call_cancelled_at_shutdown", task=task.get_name())
                 task.cancel()
+
+    async def _dispatch_replicated(
+        self,
+        stop: asyncio.Event,
+        store: StoreBackend,
+        keys: Mapping[str, SigningKey],
+        session: aiohttp.ClientSession,
+    ) -> None:
+        """Several replicas on PostgreSQL: dispatch only the providers this one owns.
+
+        The coordinator claims an even share; a provider's dispatcher is (re)built when
+        its lease is granted (budget history from the shared call log), runs under the
+        lease's epoch (every call slot is reserved under it) and stops after its call in
+        flight when the lease is lost. On ``stop``: drain, then release every lease.
+        """
+        from forwarder.ownership import OwnedTasks  # noqa: PLC0415
+        from forwarder.store.postgres.budget import FencedCallLog  # noqa: PLC0415
+        from forwarder.store.postgres.coordinator import Coordinator, ObserverGroup  # noqa: PLC0415
+        from forwarder.store.postgres.owners import Replica  # noqa: PLC0415
+        from forwarder.store.postgres.store import PostgresStore  # noqa: PLC0415
+        from forwarder.telemetry.ownership import OwnershipMetrics  # noqa: PLC0415
+
+        assert isinstance(store, PostgresStore)
+        s = self.settings
+        by_name = {p.name: p for p in s.providers}
+        replica = Replica(
+            f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}",
+            socket.gethostname(),
+            os.getpid(),
+        )
+
+        async def start(provider: str, epoch: int, own_stop: asyncio.Event) -> None:
+            p = by_name[provider]
+            await store.adopt(provider, (replica.id, epoch))
+            calls = FencedCallLog(
+                pool=store.pool,
+                provider=provider,
+                replica_id=replica.id,
+                epoch=lambda: coordinator.epoch(provider),
+                calls=p.calls_per_minute,
+                window_s=p.window_s,
+                clock=self.clock,
+            )
+            dispatcher = await self._dispatcher(p, keys[provider], store, session, calls)
+            self.dispatchers[provider] = dispatcher
+            await dispatcher.run(own_stop)
+
+        tasks = OwnedTasks(start)
+        coordinator = Coordinator(
+            pool=store.pool,
+            replica=replica,
+            providers=list(by_name),
+            ttl_s=s.store.lease_ttl_s,
+            clock=self.clock,
+            observer=ObserverGroup(
+                tasks, OwnershipMetrics(self.metrics.registry, live=lambda: len(coordinator.live))
+            ),
+        )
+        self.coordinator = coordinator
+        self.owned_tasks = tasks
+        coord_stop = asyncio.Event()
+        async with asyncio.TaskGroup() as tg:
+            coordinating = tg.create_task(coordinator.run(coord_stop), name="coordinator")
+            dispatching = tg.create_task(
+                tasks.run(stop, grace_s=s.dispatch.shutdown_grace_s), name="owned-dispatch"
+            )
+            await stop.wait()
+            assert self._ingest is not None
+            self._ingest.accepting = False
+            self._log.info("forwarder_draining", grace_s=s.dispatch.shutdown_grace_s)
+            await dispatching
+            # Only now hand the providers over: nothing of ours is in flight any more.
+            coord_stop.set()
+            await coordinating
 
     # -- readiness and live metrics (telemetry.LiveSource) ---------------------------
 
@@ -323,7 +425,7 @@ class Daemon:
             # forwarder_ready recovers on a scrape too, where nothing polls /readyz.
             await self.store.probe_writable()
         try:
-            await self.store.refresh_dead_letter_counts()
+            await self.store.refresh()
         except StoreError as exc:
             self._log.warning("metrics_refresh_failed", error=str(exc))
         for name in self.dispatchers:

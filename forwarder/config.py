@@ -110,10 +110,10 @@ def parse_listen(value: str) -> ListenAddress:
     if not sep or not host:
         raise ValueError(f"{value!r} must look like HOST:PORT, e.g. 127.0.0.1:8080")
     host = host.strip("[]")
-    try:
-        number = int(port)
-    except ValueError:
-        raise ValueError(f"{value!r}: port must be a number") from None
+    # ASCII digits only: int() also takes "\uff18\uff10", " 80" and "8_0".
+    if not (port.isascii() and port.isdigit()):
+        raise ValueError(f"{value!r}: port must be a number")
+    number = int(port)
     if not 0 <= number <= 65535:
         raise ValueError(f"{value!r}: port must be between 0 and 65535")
     return ListenAddress(host, number)

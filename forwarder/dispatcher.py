@@ -23,9 +23,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 
 import structlog
 
@@ -38,11 +38,11 @@ from forwarder.errors import (
     RetryableSendError,
     StoreError,
 )
-from forwarder.ratelimit import CallBudget
-from forwarder.signals import RiskLevel, Signal
-from forwarder.store.base import ProviderRecord, Store
+from forwarder.ratelimit import CallBudget, CallLog
+from forwarder.signals import EXPIRY_MARGIN_MS, RiskLevel, Signal
+from forwarder.store.base import Lease, ProviderRecord
 
-__all__ = ["DispatchObserver", "Dispatcher", "ProviderState", "Sender"]
+__all__ = ["DispatchObserver", "Dispatcher", "ProviderState", "Queue", "Sender"]
 
 
 class Sender(Protocol):
@@ -63,9 +63,55 @@ class Sender(Protocol):
     ) -> Delivery:
         """Deliver one batch, awaiting ``spend()`` just before the call goes out.
 
+        ``spend()`` may raise (the daemon is stopping): the call must then not be made,
+        and the exception must propagate.
+
         Raises ``RetryableSendError``, ``PermanentSendError``, ``InvalidCredentials`` or
-        ``AuthError``; returns only when the receiver accepted the whole batch.
+        ``AuthError``; returns only when the receiver accepted the whole batch. A
+        ``PermanentSendError`` whose ``rejected`` names signals blames only those.
         """
+        ...
+
+
+class Queue(Protocol):
+    """What a dispatcher needs from the store (any backend; see tests/store_contract)."""
+
+    def pending_counts(self, provider: str) -> Mapping[RiskLevel, int]:
+        """Entries ``provider`` has still to send, by level; may overcount, never under."""
+        ...
+
+    def changed(self, provider: str) -> asyncio.Event:
+        """Set whenever entries for ``provider`` are committed (the dispatcher clears it)."""
+        ...
+
+    async def lease(
+        self, provider: str, *, limit: int, now_ms: int, max_age_ms: int, expiry_margin_ms: int
+    ) -> Lease:
+        """The next batch: HIGH first, first stored first; expired entries dropped."""
+        ...
+
+    async def ack(self, lease: Lease) -> int:
+        """The receiver accepted the batch; return how many entries it settled."""
+        ...
+
+    async def release(self, lease: Lease) -> None:
+        """Keep the batch for a later attempt."""
+        ...
+
+    async def dead_letter(
+        self, lease: Lease, *, reason: str, causes: Sequence[str], at_ms: int
+    ) -> int:
+        """The receiver rejected the whole batch: move it to the dead letters."""
+        ...
+
+    async def dead_letter_some(
+        self, lease: Lease, rejected: Mapping[str, Sequence[str]], *, reason: str, at_ms: int
+    ) -> int:
+        """Dead-letter the ips ``rejected`` names (with their causes); release the rest."""
+        ...
+
+    async def record_provider_state(self, record: ProviderRecord) -> None:
+        """Persist the provider's state for ``forwarder status`` (another process)."""
         ...
 
 
@@ -79,6 +125,10 @@ class DispatchObserver(Protocol):
     def retried(self, provider: str, reason: str) -> None: ...
 
     def dead_lettered(self, provider: str, count: int) -> None: ...
+
+
+class _Stopped(Exception):
+    """Raised by ``spend()`` when the daemon stopped before the call went out."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,20 +150,25 @@ class Dispatcher:
         self,
         *,
         provider: str,
-        store: Store,
+        store: Queue,
         sender: Sender,
         budget: CallBudget,
+        calls: CallLog,
         clock: Clock,
         linger_s: float = 2.0,
         pace_s: float | None = None,
         max_age_s: float = 86_400.0,
-        expiry_margin_s: float = 5.0,
+        expiry_margin_s: float = EXPIRY_MARGIN_MS / 1000,
         backoff_base_s: float = 1.0,
         backoff_max_s: float = 300.0,
         observer: DispatchObserver | None = None,
         rng: random.Random | None = None,
+        call_key: str | None = None,
     ) -> None:
         self.provider = provider
+        #: The budget belongs to the receiving app; its calls are logged under this key.
+        self.call_key = provider if call_key is None else call_key
+        self._calls = calls
         self.budget = budget
         self.state = ProviderState()
         self._store = store
@@ -183,7 +238,7 @@ class Dispatcher:
                     await self._wait(wait, changed, stop)
                     continue
             try:
-                await self._attempt()
+                await self._attempt(stop)
             except Exception as exc:
                 # Store trouble (a full disk) or a bug: this provider backs off and
                 # retries; the daemon and the other providers carry on.
@@ -209,7 +264,7 @@ class Dispatcher:
 
     # -- one call --------------------------------------------------------------------
 
-    async def _attempt(self) -> None:
+    async def _attempt(self, stop: asyncio.Event) -> None:
         # Credentials first: a slow token request must not eat into leased signals'
         # expiry margin (a subject is never sent after its own expiry).
         try:
@@ -221,6 +276,10 @@ class Dispatcher:
         except AuthError as exc:
             self._backoff("token", str(exc))
             await self._persist_state()
+            return
+        if stop.is_set():
+            # Stopped while the token request was out: after SIGTERM only calls already
+            # on the wire may finish, so no new batch is leased or sent.
             return
         now = self._clock.time()
         lease = await self._store.lease(
@@ -239,30 +298,49 @@ class Dispatcher:
 
         async def spend() -> None:
             nonlocal spent_at, started
+            if stop.is_set():
+                # The last moment before a call goes out (the sender may have needed a
+                # new token after the lease): a stopping daemon starts no call.
+                raise _Stopped
             spent_at = self.budget.spend()
-            await self._store.record_call(self.provider, spent_at)
+            await self._calls.record_call(self.call_key, int(spent_at * 1000))
             # The call's duration starts here, not before a token request it may need.
             started = self._clock.monotonic()
 
         try:
             delivery = await self._sender.send(lease.signals, spend=spend)
+        except _Stopped:
+            await self._store.release(lease)
+            return
         except RetryableSendError as exc:
             await self._store.release(lease)
             self._after_call(spent_at, exc.outcome, started)
             self.budget.observe(exc.window)
             self._retryable(exc, len(lease.signals))
         except PermanentSendError as exc:
-            await self._store.dead_letter(
-                lease, reason=str(exc), causes=exc.causes, at=self._clock.time()
-            )
+            if exc.rejected:
+                # Only the blamed subjects are dead; the rest go in the next call (a
+                # normal call of the budget), HIGH first as always.
+                moved = await self._store.dead_letter_some(
+                    lease,
+                    {s.ip: causes for s, causes in exc.rejected},
+                    reason=str(exc),
+                    at_ms=int(self._clock.time() * 1000),
+                )
+            else:
+                await self._store.dead_letter(
+                    lease, reason=str(exc), causes=exc.causes, at_ms=int(self._clock.time() * 1000)
+                )
+                moved = len(lease.signals)
             self._after_call(spent_at, exc.outcome, started)
             self.budget.observe(exc.window)
             self._failures = 0
             if self._observer is not None:
-                self._observer.dead_lettered(self.provider, len(lease.signals))
+                self._observer.dead_lettered(self.provider, moved)
             self._log.error(
-                "batch_dead_lettered",
-                subjects=len(lease.signals),
+                "batch_dead_lettered" if moved == len(lease.signals) else "subjects_dead_lettered",
+                subjects=moved,
+                kept=len(lease.signals) - moved,
                 causes=list(exc.causes)[:10],
                 hint="Okta rejected the payload: `forwarder dead-letters list` shows it; "
                 "fix the cause, then `forwarder dead-letters requeue`",
@@ -313,12 +391,12 @@ class Dispatcher:
         record = ProviderRecord(
             provider=self.provider,
             status=state.status,
-            updated_at=self._clock.time(),
-            last_call_at=state.last_call_at,
+            updated_ms=_ms(self._clock.time()),
+            last_call_ms=_ms(state.last_call_at),
             last_outcome=state.last_outcome,
             last_error=state.last_error,
             hint=state.hint,
-            until=state.until,
+            until_ms=_ms(state.until),
         )
         try:
             await self._store.record_provider_state(record)
@@ -400,3 +478,11 @@ class Dispatcher:
         if self._observer is not None:
             self._observer.retried(self.provider, "failing")
         self._log.error("provider_failing", error=error, hint=hint, retry_in_s=round(delay, 3))
+
+
+@overload
+def _ms(seconds: float) -> int: ...
+@overload
+def _ms(seconds: None) -> None: ...
+def _ms(seconds: float | None) -> int | None:
+    return None if seconds is None else int(seconds * 1000)

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from forwarder.delivery import ServerWindow
+from forwarder.signals import Signal
 
 __all__ = [
     "AdminApiError",
@@ -54,7 +55,7 @@ class StoreError(ForwarderError):
 
 
 class StoreFull(StoreError):
-    """``max_pending`` distinct (provider, ip) pairs are waiting."""
+    """``max_pending`` entries are stored (after ageing out what is past ``max_age_s``)."""
 
 
 class AuthError(ForwarderError):
@@ -101,12 +102,23 @@ class RetryableSendError(SendError):
 
 
 class PermanentSendError(SendError):
-    """Okta rejected the payload itself (400); resending it cannot help."""
+    """The receiver rejected the payload itself (400); resending it unchanged cannot help.
+
+    ``rejected`` names the signals the receiver blamed, each with its causes: only those
+    are dead-lettered and the rest of the batch goes again. Empty when the causes name no
+    signal: then the whole batch is dead-lettered.
+    """
 
     def __init__(
-        self, message: str, *, causes: Sequence[str], outcome: str = "client_error"
+        self,
+        message: str,
+        *,
+        causes: Sequence[str],
+        outcome: str = "client_error",
+        rejected: Sequence[tuple[Signal, Sequence[str]]] = (),
     ) -> None:
         self.causes = list(causes)
+        self.rejected = list(rejected)
         super().__init__(message, outcome=outcome)
 
 

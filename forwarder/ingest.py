@@ -18,13 +18,24 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from forwarder.clock import Clock
 from forwarder.errors import StoreError, StoreFull
-from forwarder.signals import Problem, parse_items
-from forwarder.store.base import Store
+from forwarder.signals import Problem, Signal, parse_items
 
-__all__ = ["IngestApi", "IngestObserver"]
+__all__ = ["IngestApi", "IngestObserver", "SignalSink"]
 
 _JSON = "application/json"
 _NDJSON = ("application/x-ndjson", "application/ndjson", "application/jsonl")
+
+
+class SignalSink(Protocol):
+    """What ingest needs from the store."""
+
+    async def add(self, items: Sequence[tuple[Sequence[str], Signal]]) -> None:
+        """Commit signals, each for its target providers (none: every provider).
+
+        Returns only once committed; raises ``StoreFull`` at capacity, ``StoreError``
+        when the store cannot write.
+        """
+        ...
 
 
 class IngestObserver(Protocol):
@@ -52,7 +63,7 @@ class IngestApi:
     def __init__(
         self,
         *,
-        store: Store,
+        store: SignalSink,
         providers: Sequence[str],
         clock: Clock,
         tokens: Sequence[str] = (),
@@ -156,7 +167,7 @@ class IngestApi:
                 details=problems,
             )
         try:
-            result = await self._store.add(signals)
+            await self._store.add(signals)
         except StoreFull as exc:
             self._rejected("store_full", len(items))
             return _error(503, f"store is full: {exc}", headers={"Retry-After": "30"})
@@ -165,8 +176,8 @@ class IngestApi:
             self._log.error("store_write_failed", error=str(exc))
             return _error(503, "store unavailable; retry", headers={"Retry-After": "5"})
         if self._observer is not None:
-            self._observer.signals_received("accepted", "", result.accepted)
-        return web.json_response({"accepted": result.accepted}, status=202)
+            self._observer.signals_received("accepted", "", len(signals))
+        return web.json_response({"accepted": len(signals)}, status=202)
 
     @staticmethod
     def _decode(raw: bytes, *, ndjson: bool) -> tuple[list[Any] | None, list[Problem]]:

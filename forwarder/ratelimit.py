@@ -16,11 +16,27 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
+from typing import Protocol
 
 from forwarder.clock import Clock
 from forwarder.delivery import ServerWindow
 
-__all__ = ["CallBudget", "max_calls_in_window"]
+__all__ = ["CallBudget", "CallLog", "max_calls_in_window"]
+
+
+class CallLog(Protocol):
+    """Where call times persist, so a budget survives restarts (the store provides it).
+
+    ``key`` is the caller's choice: whatever owns the budget (a provider, an Okta app).
+    """
+
+    async def record_call(self, key: str, at_ms: int) -> None:
+        """Persist one call made at ``at_ms`` (epoch milliseconds)."""
+        ...
+
+    async def recent_calls(self, key: str, since_ms: int) -> list[int]:
+        """Times of ``key``'s calls at or after ``since_ms``, oldest first."""
+        ...
 
 
 class CallBudget:

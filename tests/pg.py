@@ -70,7 +70,7 @@ class PgCluster:
 
     bin_dir: Path
 
-    def sql(self, statement: str) -> str:
+    def sql(self, statement: str, dbname: str = "postgres") -> str:
         """Run one statement as the superuser through the socket (trusted); its output."""
         result = subprocess.run(
             [
@@ -82,7 +82,7 @@ class PgCluster:
                 "-U",
                 _USER,
                 "-d",
-                "postgres",
+                dbname,
                 "-X",
                 "-q",
                 "-t",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from forwarder.config import load_settings
+from forwarder.config import load_settings, parse_listen
 from forwarder.errors import ConfigError
 from forwarder.okta.keys import generate_signing_key, write_private_key
 
@@ -112,3 +112,12 @@ def test_same_app_twice_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_settings(path)
     assert any("are the same service app" in p for p in err.value.problems)
+
+
+@pytest.mark.parametrize(
+    "listen", ["127.0.0.1:\uff18\uff10\uff18\uff10", "127.0.0.1:8_0", "[::1]:+80"]
+)
+def test_listen_port_is_ascii_digits(listen: str) -> None:
+    """A port int() would take but no operator meant (fullwidth digits, 8_0, +80) is refused."""
+    with pytest.raises(ValueError, match="port must be a number"):
+        parse_listen(listen)

@@ -63,6 +63,7 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
         dispatcher = Dispatcher(
             provider="p",
             store=store,
+            calls=store,
             sender=sender,
             budget=CallBudget(calls=600, window_s=60, clock=clock),
             clock=clock,
@@ -128,3 +129,65 @@ async def test_unexpected_sender_error_keeps_the_batch(env: Env) -> None:
     await env.clock.run_until(lambda: env.sender.batches != [])
     assert sorted(s.ip for s in env.sender.batches[0]) == sorted(sig(i).ip for i in range(3))
     assert env.store.pending_total() == 0
+
+
+@dataclass
+class GatedSender(FakeSender):
+    """A sender whose token request (in prepare, or inside send) waits for a gate."""
+
+    gate_in_send: bool = False
+    waiting: asyncio.Event = field(default_factory=asyncio.Event)
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def prepare(self) -> None:
+        if not self.gate_in_send:
+            await self._token_request()
+
+    async def send(
+        self, signals: Sequence[Signal], *, spend: Callable[[], Awaitable[None]]
+    ) -> Delivery:
+        if self.gate_in_send:
+            await self._token_request()  # the token ran out between prepare and send
+        return await super().send(signals, spend=spend)
+
+    async def _token_request(self) -> None:
+        self.waiting.set()
+        await self.gate.wait()
+
+
+async def _stop_during_token_request(tmp_path: Path, *, gate_in_send: bool) -> None:
+    clock = FakeClock()
+    sender = GatedSender(clock, gate_in_send=gate_in_send)
+    async with SqliteStore(tmp_path / "f.db") as store:
+        budget = CallBudget(calls=3, window_s=60, clock=clock)
+        dispatcher = Dispatcher(
+            provider="p",
+            store=store,
+            sender=sender,
+            budget=budget,
+            calls=store,
+            clock=clock,
+            linger_s=0,
+        )
+        await store.add([(["p"], sig(i)) for i in range(3)])
+        stop = asyncio.Event()
+        task = asyncio.create_task(dispatcher.run(stop))
+        await sender.waiting.wait()
+        stop.set()  # SIGTERM while the token request is out
+        sender.gate.set()  # ... and it comes back within the grace
+        await task
+        assert sender.batches == []
+        assert budget.last_call() is None
+        assert await store.recent_calls("p", 0) == []
+        again = await store.lease("p", limit=10, now_ms=sig(0).ts_ms, max_age_ms=86_400_000)
+        assert len(again.signals) == 3  # nothing was left leased
+
+
+async def test_no_call_starts_after_stop_when_prepare_returns(tmp_path: Path) -> None:
+    """A token request in flight at SIGTERM that comes back leads to no lease and no call."""
+    await _stop_during_token_request(tmp_path, gate_in_send=False)
+
+
+async def test_no_call_starts_after_stop_when_send_needed_a_token(tmp_path: Path) -> None:
+    """Stopped while the sender fetched a token after the lease: no call, batch released."""
+    await _stop_during_token_request(tmp_path, gate_in_send=True)

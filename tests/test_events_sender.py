@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -143,3 +144,60 @@ async def test_absurd_reset_is_capped(env: Env) -> None:
         await send(env)
     assert err.value.retry_at is not None
     assert err.value.retry_at - now <= MAX_RESET_WAIT_S
+
+
+def _cause_body(*causes: str) -> bytes:
+    return json.dumps(
+        {
+            "errorCode": "E0000001",
+            "errorSummary": "Api validation failed",
+            "errorCauses": [{"errorSummary": c} for c in causes],
+        }
+    ).encode()
+
+
+def _batch() -> list[Signal]:
+    now = 1_800_000_000_000
+    lasting = [Signal(f"198.18.0.{i}", RiskLevel.LOW, "", now, None, now) for i in range(60)]
+    return [*lasting, Signal("192.0.2.9", RiskLevel.HIGH, "", now, now + 600_000, now)]
+
+
+async def test_causes_naming_subjects_blame_those_signals(env: Env) -> None:
+    """events[i].subjects[j] maps back to the signal it was built from; events[i] to all of it."""
+    batch = _batch()  # payload: event 0 holds the expiring signal, events 1-2 the other 60
+    env.answer.status = 400
+    env.answer.body = _cause_body(
+        "events[2].subjects[3].ip: must be a valid IPv4 or IPv6 address",
+        "events[0].expiresAt: must be in the future",
+    )
+    with pytest.raises(PermanentSendError) as err:
+        await env.sender.send(batch, spend=_nothing)
+    blamed = {s.ip: causes for s, causes in err.value.rejected}
+    assert blamed == {
+        "192.0.2.9": ["events[0].expiresAt: must be in the future"],
+        "198.18.0.53": ["events[2].subjects[3].ip: must be a valid IPv4 or IPv6 address"],
+    }
+
+
+@pytest.mark.parametrize(
+    "cause",
+    ["events: must contain at most 20 events", "events[7].subjects[0].ip: bad", "and 3 more"],
+)
+async def test_a_cause_naming_nothing_blames_the_whole_batch(env: Env, cause: str) -> None:
+    """If any cause cannot be traced to a subject, no signal is singled out."""
+    env.answer.status = 400
+    env.answer.body = _cause_body("events[1].subjects[0].ip: bad", cause)
+    with pytest.raises(PermanentSendError) as err:
+        await env.sender.send(_batch(), spend=_nothing)
+    assert err.value.rejected == []
+
+
+async def test_rate_headers_take_ascii_digits_only(env: Env) -> None:
+    """A Reset of fullwidth digits or with underscores is ignored, not read as a number."""
+    env.answer.status = 429
+    env.answer.headers = {"X-Rate-Limit-Remaining": "0", "X-Rate-Limit-Reset": "1_800_000_060"}
+    with pytest.raises(RetryableSendError) as err:
+        await send(env)
+    assert err.value.retry_at is None
+    assert err.value.window is not None
+    assert err.value.window.remaining == 0

@@ -112,7 +112,7 @@ async def test_unwritable_store_makes_pod_unready_until_a_write_commits(h: Harne
         # A disk that refuses every write, simulated for the tables a write touches.
         db.executescript(
             """
-            CREATE TRIGGER no_pending BEFORE INSERT ON pending
+            CREATE TRIGGER no_signals BEFORE INSERT ON signals
             BEGIN SELECT RAISE(ABORT, 'simulated disk full'); END;
             CREATE TRIGGER no_probe_insert BEFORE INSERT ON write_probe
             BEGIN SELECT RAISE(ABORT, 'simulated disk full'); END;
@@ -130,7 +130,7 @@ async def test_unwritable_store_makes_pod_unready_until_a_write_commits(h: Harne
         _, metrics = await h.get("/metrics")
         assert "forwarder_ready 0.0" in metrics
         assert (await h.get("/healthz"))[0] == 200
-        db.executescript("DROP TRIGGER no_pending; DROP TRIGGER no_probe_insert;")
+        db.executescript("DROP TRIGGER no_signals; DROP TRIGGER no_probe_insert;")
         db.executescript("DROP TRIGGER no_probe_update;")
     finally:
         db.close()

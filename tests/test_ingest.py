@@ -40,7 +40,7 @@ class Api:
 
 @pytest.fixture
 async def api(tmp_path: Path) -> AsyncIterator[Api]:
-    async with SqliteStore(tmp_path / "f.db", max_pending=50) as store:
+    async with SqliteStore(tmp_path / "f.db", max_pending=50, providers=["a", "b"]) as store:
         ingest = IngestApi(
             store=store,
             providers=["a", "b"],
@@ -78,7 +78,16 @@ async def test_single_object_and_ndjson(api: Api) -> None:
     nd = b'{"ip": "192.0.2.2", "riskLevel": "LOW"}\n\n{"ip": "192.0.2.3", "riskLevel": "LOW"}\n'
     status, body, _ = await api.post(nd, ctype="application/x-ndjson")
     assert (status, body) == (202, {"accepted": 2})
-    assert api.store.pending_total() == 6
+    # Broadcast signals are stored once, and pending for each provider.
+    assert api.store.pending_total() == 3
+    assert (
+        api.store.pending_counts("a")
+        == api.store.pending_counts("b")
+        == {
+            RiskLevel.MEDIUM: 1,
+            RiskLevel.LOW: 2,
+        }
+    )
 
 
 async def test_bad_items_are_all_named_and_nothing_stored(api: Api) -> None:
@@ -195,6 +204,29 @@ async def test_signals_older_than_max_age_are_refused(api: Api) -> None:
         (2, "expiresAt"),
     ]
     assert "max_age_s" in details[0]["message"]
+    assert api.store.pending_total() == 0
+
+
+@pytest.mark.parametrize(
+    ("field", "offset_s", "why"),
+    [
+        ("expiresAt", 1, "more than 65 s in the future"),
+        ("expiresAt", 5, "more than 65 s in the future"),
+        ("expiresAt", 65, "more than 65 s in the future"),
+        ("timestamp", -86_400 + 1, "expire before it could be sent"),
+    ],
+)
+async def test_signal_that_would_expire_before_its_call_is_refused(
+    api: Api, field: str, offset_s: int, why: str
+) -> None:
+    """expiresAt within 65 s or a timestamp at the max_age_s edge: 400 saying why, not a 202."""
+    now = api.ingest._clock.time()
+    when = format_ms(int((now + offset_s) * 1000))
+    status, body, _ = await api.post({"ip": "192.0.2.1", "riskLevel": "HIGH", field: when})
+    assert status == 400
+    details = body["details"]
+    assert isinstance(details, list)
+    assert [(d["field"], why in d["message"]) for d in details] == [(field, True)]
     assert api.store.pending_total() == 0
 
 

@@ -305,14 +305,16 @@ async def test_oldest_pending_age_shows_a_stuck_high(h: Harness) -> None:
     assert value(s, "forwarder_pending_signals", provider="bad", risk_level="HIGH") == 1
 
 
-async def test_store_gauges_count_every_stored_pair(h: Harness) -> None:
-    """Store entries count (provider, IP) pairs across providers against max_pending."""
+async def test_store_gauges_count_every_stored_entry(h: Harness) -> None:
+    """Store entries count a broadcast once (pending for every provider) against max_pending."""
     h.add_provider("a", registered_key=generate_signing_key("RS256"))
     h.add_provider("b", registered_key=generate_signing_key("RS256"))
     await h.start(store={"max_pending": 5000})
     await post(h, [{"ip": ip, "riskLevel": "LOW"} for ip in ips(30)])
     s = await scrape(h)
-    assert value(s, "forwarder_store_entries") == 60
+    assert value(s, "forwarder_store_entries") == 30
+    for provider in ("a", "b"):
+        assert value(s, "forwarder_pending_signals", provider=provider, risk_level="LOW") == 30
     assert value(s, "forwarder_store_capacity") == 5000
     assert value(s, "forwarder_signal_max_age_seconds") == 86400
     assert value(s, "forwarder_ready") == 1

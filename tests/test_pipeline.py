@@ -19,7 +19,7 @@ import pytest
 from forwarder.okta.keys import generate_signing_key, private_jwk_json
 from forwarder.ratelimit import max_calls_in_window
 from forwarder.sandbox import SandboxOrg, serve
-from forwarder.signals import format_ms
+from forwarder.signals import RiskLevel, Signal, format_ms
 from forwarder.telemetry import configure_logging
 from tests.harness import Harness, harness, ips
 
@@ -313,16 +313,42 @@ async def test_rejected_batch_is_dead_lettered_not_retried(h: Harness) -> None:
     assert letter.causes
 
 
+async def test_rejected_subject_is_dead_lettered_alone(h: Harness) -> None:
+    """A 400 naming one subject dead-letters it with its cause; the other 1,599 are sent."""
+    cid = h.add_provider("acme")
+    daemon = await h.start()
+    assert daemon.store is not None
+    now = int(h.clock.time() * 1000)
+    bad = "198.51.100.\u0664"  # what ingest used to accept: ARABIC-INDIC DIGIT FOUR
+    high = ips(499)
+    low = ips(1100, offset=1000)
+    stored = [Signal(bad, RiskLevel.HIGH, "", now, None, now)]
+    stored += [Signal(ip, RiskLevel.HIGH, "", now, None, now) for ip in high]
+    stored += [Signal(ip, RiskLevel.LOW, "", now, None, now) for ip in low]
+    await daemon.store.add([(["acme"], s) for s in stored])
+    await h.until(lambda: len(h.delivered(cid)) >= 1599)
+    assert statuses(h) == [400, 202, 202]
+    assert set(high) <= set(h.org.accepted[0].ips)
+    assert sorted(h.delivered(cid)) == sorted(high + low)
+    (letter,) = await daemon.store.dead_letters("acme")
+    assert letter.signal.ip == bad
+    assert len(letter.causes) == 1
+    assert re.match(r"events\[\d+\]\.subjects\[\d+\]\.ip: ", letter.causes[0])
+
+
 async def test_expired_signal_is_dropped_not_sent(h: Harness) -> None:
-    """A signal whose expiresAt passes while it waits for budget is never sent, and counted."""
+    """A signal whose expiresAt passes while it waits behind a backlog is never sent, and
+    counted."""
     cid = h.add_provider("acme")
     daemon = await h.start()
     await post_all(h, signals(ips(3000)))
     await h.until(lambda: len(h.delivered(cid)) >= 3000)
+    # The window is spent and 3,000 older signals wait: two windows before its turn.
     now_ms = int(h.clock.time() * 1000)
-    await post_all(h, signals(["192.0.2.77"], expiresAt=format_ms(now_ms + 10_000)))
+    await post_all(h, signals(ips(3000, offset=3000), timestamp=format_ms(now_ms - 1000)))
+    await post_all(h, signals(["192.0.2.77"], expiresAt=format_ms(now_ms + 70_000)))
     await post_all(h, signals(["192.0.2.78"]))
-    await h.until(lambda: len(h.delivered(cid)) >= 3001)
+    await h.until(lambda: len(h.delivered(cid)) >= 6001)
     assert "192.0.2.77" not in h.delivered(cid)
     expired = daemon.metrics.registry.get_sample_value(
         "forwarder_signals_expired_total", {"provider": "acme"}

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 import signal
-import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 
 from forwarder.okta.admin import AdminClient
 from forwarder.okta.keys import generate_signing_key, write_private_key
+from forwarder.store.sqlite import SqliteReader
 from tests.harness import ips
 from tests.procs import Proc, cli, free_port, sandbox
 
@@ -165,9 +165,8 @@ async def test_sigterm_drains_and_keeps_the_backlog(daemon_env: tuple[str, str, 
     assert "forwarder_draining" in events
     assert "forwarder_stopped" in events
     delivered = len(set(await accepted_ips(org, token)))
-    db = sqlite3.connect(config.parent / "data" / "forwarder.db")
-    (pending,) = db.execute("SELECT count(*) FROM pending").fetchone()
-    db.close()
+    summaries = await SqliteReader(config.parent / "data" / "forwarder.db").summaries()
+    pending = sum(sum(s.pending.values()) for s in summaries)
     assert pending > 0
     assert delivered + pending == 5000
 

@@ -127,13 +127,13 @@ async def test_state_survives_reopen(tmp_path: Path) -> None:
     async with SqliteStore(path) as s:
         await s.add([(["p"], sig(f"192.0.2.{i}", RiskLevel.HIGH)) for i in range(5)])
         lease = await s.lease("p", limit=2, now_ms=NOW, max_age_ms=DAY, expiry_margin_ms=0)
-        await s.dead_letter(lease, reason="400", causes=["E0000001: bad"], at=2000.0)
+        await s.dead_letter(lease, reason="400", causes=["E0000001: bad"], at_ms=2_000_000)
         await s.lease("p", limit=2, now_ms=NOW, max_age_ms=DAY, expiry_margin_ms=0)
-        await s.record_call("p", 1000.5)
+        await s.record_call("p", 1_000_500)
     async with SqliteStore(path) as s:
         assert s.pending_counts("p") == {RiskLevel.HIGH: 3}
         assert s.dead_letter_count("p") == 2
-        assert await s.recent_calls("p", 1000.0) == [1000.5]
+        assert await s.recent_calls("p", 1_000_000) == [1_000_500]
         lease = await s.lease("p", limit=10, now_ms=NOW, max_age_ms=DAY, expiry_margin_ms=0)
         assert len(lease.signals) == 3
         (dl, _) = await s.dead_letters("p")
@@ -175,15 +175,29 @@ async def test_coalescing_within_one_commit(store: SqliteStore) -> None:
 
 
 async def test_large_expired_backlog_is_purged_in_slices(store: SqliteStore) -> None:
-    """6,000 expired rows ahead of fresh ones: purged 5,000 per lease, fresh ones then sent."""
+    """6,000 entries past expiresAt ahead of fresh ones: 5,000 dropped per lease, then sent."""
     store.max_pending = 10_000
-    old = NOW - DAY - 1
-    await store.add([(["p"], sig(f"198.18.{i // 256}.{i % 256}", ts=old)) for i in range(6000)])
+    expired = [
+        (["p"], sig(f"198.18.{i // 256}.{i % 256}", ts=NOW - 1000, exp=NOW - 1))
+        for i in range(6000)
+    ]
+    await store.add(expired)
     await store.add([(["p"], sig(f"192.0.2.{i}")) for i in range(10)])
     first = await lease_all(store)
     assert (len(first.signals), first.expired) == (0, 5000)
     second = await lease_all(store)
     assert (len(second.signals), second.expired) == (10, 1000)
+    assert store.pending_total() == 10
+
+
+async def test_aged_backlog_goes_in_the_first_lease_sweep(store: SqliteStore) -> None:
+    """Entries past max age are swept (counted for the provider) before the first lease."""
+    store.max_pending = 10_000
+    old = NOW - DAY - 1
+    await store.add([(["p"], sig(f"198.18.{i // 256}.{i % 256}", ts=old)) for i in range(6000)])
+    await store.add([(["p"], sig(f"192.0.2.{i}")) for i in range(10)])
+    first = await lease_all(store)
+    assert (len(first.signals), first.expired) == (10, 6000)
     assert store.pending_total() == 10
 
 
@@ -196,3 +210,40 @@ async def test_queued_rows_count_against_capacity(tmp_path: Path) -> None:
         )
         assert sum(isinstance(r, StoreFull) for r in results) >= 3
         assert s.pending_total() <= 120
+
+
+async def test_lease_skipping_expired_rows_never_repeats_an_ip(store: SqliteStore) -> None:
+    """Expired rows interleaved with fresh ones: the refilled lease holds each IP once."""
+    rows = []
+    for i in range(40):
+        # Same risk, ascending timestamps: the batch order alternates fresh / expired.
+        exp = NOW - 1 if i % 2 else None
+        rows.append((["p"], sig(f"192.0.2.{i}", ts=NOW - 1000 + i, exp=exp)))
+    await store.add(rows)
+    lease = await lease_all(store, limit=10)
+    ips = [s.ip for s in lease.signals]
+    assert ips == [f"192.0.2.{i}" for i in range(0, 20, 2)]
+    rest = await lease_all(store, limit=100)
+    assert [s.ip for s in rest.signals] == [f"192.0.2.{i}" for i in range(20, 40, 2)]
+    assert lease.expired + rest.expired == 20
+
+
+async def test_dead_letter_some_moves_named_subjects_and_releases_the_rest(
+    store: SqliteStore,
+) -> None:
+    """A partial rejection dead-letters only the named IPs, each with its cause; the rest wait."""
+    await store.add([(["p"], sig(f"192.0.2.{i}", RiskLevel.HIGH)) for i in range(5)])
+    lease = await lease_all(store)
+    moved = await store.dead_letter_some(
+        lease,
+        {"192.0.2.1": ["events[0].subjects[1].ip: bad"], "192.0.2.9": ["not in lease"]},
+        reason="Okta rejected 1 subject (400)",
+        at_ms=2_000_000,
+    )
+    assert moved == 1
+    assert store.dead_letter_count("p") == 1
+    (letter,) = await store.dead_letters("p")
+    assert (letter.signal.ip, letter.causes) == ("192.0.2.1", ("events[0].subjects[1].ip: bad",))
+    assert store.pending_counts("p") == {RiskLevel.HIGH: 4}
+    again = await lease_all(store)
+    assert sorted(s.ip for s in again.signals) == [f"192.0.2.{i}" for i in (0, 2, 3, 4)]

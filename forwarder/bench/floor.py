@@ -24,8 +24,7 @@ from pathlib import Path
 from aiohttp import web
 
 from forwarder.bench.workload import RISKS, ip
-from forwarder.store import sqlite as store_sqlite
-from forwarder.store.sqlite import SqliteStore
+from forwarder.store.sqlite import SqliteStore, upsert_rows
 
 __all__ = ["http_floor_app", "main", "storage_floor"]
 
@@ -66,7 +65,7 @@ async def _create_store(path: Path) -> None:
 
 
 def storage_floor(
-    path: Path, *, rows_per_txn: int, seconds: float, provider: str = "floor", first: int = 0
+    path: Path, *, rows_per_txn: int, seconds: float, first: int = 0
 ) -> dict[str, float]:
     """Upsert distinct IPs ``rows_per_txn`` at a time for about ``seconds`` of database time."""
     asyncio.run(_create_store(path))
@@ -79,16 +78,18 @@ def storage_floor(
     levels = {"LOW": 1, "MEDIUM": 2, "HIGH": 3}
     spent = 0.0
     rows = txns = 0
+    seq = 1
     while spent < seconds:
         now_ms = int(time.time() * 1000)
         batch = [
-            (provider, ip(next(numbers)), levels[next(risks)], _MESSAGE, now_ms, None, now_ms)
+            (ip(next(numbers)), levels[next(risks)], _MESSAGE, now_ms, None, now_ms)
             for _ in range(rows_per_txn)
         ]
         started = time.perf_counter()
         db.execute("BEGIN IMMEDIATE")
-        # The very statement the store runs for every group commit.
-        store_sqlite.upsert_rows(db, batch)
+        # The very statement the store runs for every group commit (broadcast signals,
+        # as the intake scenario sends them).
+        seq = upsert_rows(db, batch, first_seq=seq)
         db.execute("COMMIT")
         spent += time.perf_counter() - started
         rows += rows_per_txn

@@ -24,6 +24,8 @@ from typing import Any
 
 import aiohttp
 
+from forwarder.store.sqlite.reader import read_summaries
+
 __all__ = [
     "UNREACHABLE",
     "Daemon",
@@ -221,18 +223,19 @@ shutdown_grace_s = 5
 
 
 def pending_rows(store: Path, provider: str | None = None) -> int:
-    """Rows waiting in a store file, read on a read-only connection (safe while it runs)."""
-    db = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
+    """(provider, ip) pairs still to send in a store file (every provider, or one).
+
+    Read on a read-only connection (safe while the daemon runs). A broadcast entry
+    waiting for three providers counts three times: the unit is what must reach an org.
+    """
+    db = sqlite3.connect(f"file:{store}?mode=ro", uri=True, isolation_level=None)
     try:
-        if provider is None:
-            (n,) = db.execute("SELECT count(*) FROM pending").fetchone()
-        else:
-            (n,) = db.execute(
-                "SELECT count(*) FROM pending WHERE provider = ?", (provider,)
-            ).fetchone()
+        summaries = read_summaries(db, [provider] if provider else [])
     finally:
         db.close()
-    return int(n)
+    return sum(
+        sum(s.pending.values()) for s in summaries if provider is None or s.provider == provider
+    )
 
 
 def store_bytes(store: Path) -> int:

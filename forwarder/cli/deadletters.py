@@ -14,32 +14,32 @@ import asyncio
 import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from forwarder.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, config_path
+from forwarder.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, config_path, run_sync
 from forwarder.signals import format_ms
-from forwarder.store.dead_letters import DeadLetterRow, delete_dead_letters, read_dead_letters
+from forwarder.store import DeadLetter, StoreReader
 
 __all__ = ["register"]
 
 _CHUNK = 500
 
 
-def _load(args: argparse.Namespace) -> tuple[Any, Path] | None:
-    from forwarder.config import load_settings, resolve_path  # noqa: PLC0415
+def _load(args: argparse.Namespace) -> tuple[Any, StoreReader] | None:
+    from forwarder.config import load_settings  # noqa: PLC0415
+    from forwarder.store import open_reader  # noqa: PLC0415
 
     path = config_path(args.config)
     if path is None:
         print("dead-letters needs --config FILE or FORWARDER_CONFIG", file=sys.stderr)
         return None
     settings, base = load_settings(path, check_files=False)
-    return settings, resolve_path(base, settings.store.path)
+    return settings, open_reader(settings.store, base=base)
 
 
-def _as_json(row: DeadLetterRow) -> dict[str, Any]:
+def _as_json(row: DeadLetter) -> dict[str, Any]:
     s = row.signal
     return {
         "id": row.id,
@@ -60,7 +60,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     if loaded is None:
         return EXIT_USAGE
     _, store = loaded
-    rows = read_dead_letters(store, provider=args.provider, limit=args.limit)
+    rows = run_sync(store.dead_letters(args.provider, limit=args.limit))
     if args.json:
         print(json.dumps([_as_json(r) for r in rows], indent=2))
         return EXIT_OK
@@ -89,7 +89,7 @@ def _ingest_url(listen: str) -> str:
     return f"http://[{host}]:{address.port}" if ":" in host else f"http://{host}:{address.port}"
 
 
-def _item(row: DeadLetterRow) -> dict[str, Any]:
+def _item(row: DeadLetter) -> dict[str, Any]:
     s = row.signal
     item: dict[str, Any] = {
         "ip": s.ip,
@@ -105,7 +105,7 @@ def _item(row: DeadLetterRow) -> dict[str, Any]:
 
 
 async def _requeue(
-    rows: Sequence[DeadLetterRow], url: str, token: str | None
+    rows: Sequence[DeadLetter], url: str, token: str | None
 ) -> tuple[list[int], list[tuple[int, str]]]:
     """Post rows to ingest; return (ids accepted, (id, why) refused)."""
     accepted: list[int] = []
@@ -147,7 +147,7 @@ def _cmd_requeue(args: argparse.Namespace) -> int:
     settings, store = loaded
     config = config_path(args.config)
     assert config is not None
-    rows = read_dead_letters(store, provider=args.provider, ids=args.id or (), limit=None)
+    rows = run_sync(store.dead_letters(args.provider, ids=args.id or (), limit=None))
     if not rows:
         print("nothing to requeue")
         return EXIT_OK
@@ -165,7 +165,7 @@ def _cmd_requeue(args: argparse.Namespace) -> int:
             f"requeue failed; nothing was removed: {exc} (is the daemon running?)", file=sys.stderr
         )
         return EXIT_FAILED
-    removed = delete_dead_letters(store, accepted)
+    removed = run_sync(store.delete_dead_letters(accepted))
     if args.json:
         print(
             json.dumps({"requeued": removed, "refused": [{"id": i, "why": w} for i, w in refused]})

@@ -1,7 +1,7 @@
 """``forwarder status``: what the store holds per provider, as a table or JSON.
 
-It opens the store read-only on its own connection, so it works while the daemon runs
-(WAL readers never block the writer) and after it stopped. The state and last call
+It reads the store through the backend's reader (SQLite: a read-only connection of its
+own, so it works while the daemon runs and after it stopped). The state and last call
 shown are what each dispatcher last persisted; ``updated`` says when that was.
 """
 
@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from forwarder.cli.common import EXIT_OK, EXIT_USAGE, config_path
+from forwarder.cli.common import EXIT_OK, EXIT_USAGE, config_path, run_sync
 from forwarder.signals import RiskLevel, format_ms
 from forwarder.store.base import ProviderSummary
 
@@ -37,6 +37,10 @@ def format_age(seconds: float) -> str:
 
 def _iso(epoch_s: float | None) -> str | None:
     return format_ms(int(epoch_s * 1000)) if epoch_s is not None else None
+
+
+def _iso_ms(ms: int | None) -> str | None:
+    return format_ms(ms) if ms is not None else None
 
 
 def _state(summary: ProviderSummary, configured: bool) -> str:
@@ -65,12 +69,12 @@ def to_json(
             "pending_total": sum(s.pending.values()),
             "oldest": oldest,
             "dead_letters": s.dead_letters,
-            "last_call_at": _iso(rec.last_call_at) if rec else None,
+            "last_call_at": _iso_ms(rec.last_call_ms) if rec else None,
             "last_outcome": rec.last_outcome if rec else None,
             "last_error": rec.last_error if rec else None,
             "hint": rec.hint if rec else None,
-            "until": _iso(rec.until) if rec else None,
-            "updated_at": _iso(rec.updated_at) if rec else None,
+            "until": _iso_ms(rec.until_ms) if rec else None,
+            "updated_at": _iso_ms(rec.updated_ms) if rec else None,
         }
     return out
 
@@ -94,8 +98,8 @@ def render_table(
     for i, s in enumerate(summaries):
         rec = s.record
         last = "-"
-        if rec is not None and rec.last_call_at is not None:
-            last = f"{format_age(now - rec.last_call_at)} ago"
+        if rec is not None and rec.last_call_ms is not None:
+            last = f"{format_age(now - rec.last_call_ms / 1000)} ago"
         rows.append(
             [
                 s.provider,
@@ -108,8 +112,8 @@ def render_table(
         )
         if rec is not None and rec.status != "ok":
             lines = []
-            if rec.until is not None:
-                lines.append(f"{rec.status} until {_iso(rec.until)}")
+            if rec.until_ms is not None:
+                lines.append(f"{rec.status} until {_iso_ms(rec.until_ms)}")
             if rec.last_error:
                 lines.append(f"error: {rec.last_error}")
             if rec.hint:
@@ -124,8 +128,8 @@ def render_table(
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from forwarder.config import load_settings, resolve_path  # noqa: PLC0415
-    from forwarder.store.sqlite_read import read_summary  # noqa: PLC0415
+    from forwarder.config import load_settings  # noqa: PLC0415
+    from forwarder.store import open_reader  # noqa: PLC0415
 
     path = config_path(args.config)
     if path is None:
@@ -134,7 +138,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     # Key files are not needed to read the store (and may be readable only by the daemon).
     settings, base = load_settings(path, check_files=False)
     configured = [p.name for p in settings.providers]
-    summaries = read_summary(resolve_path(base, settings.store.path), configured)
+    summaries = run_sync(open_reader(settings.store, base=base).summaries(configured))
     now = time.time()
     if args.json:
         print(json.dumps(to_json(summaries, configured=configured, now=now), indent=2))

@@ -10,6 +10,7 @@ backoff; 400 is Okta rejecting the payload (dead letter with ``errorCauses``); 4
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from email.utils import parsedate_to_datetime
 
@@ -18,25 +19,29 @@ import aiohttp
 from forwarder.clock import Clock
 from forwarder.delivery import Delivery, ServerWindow
 from forwarder.errors import InvalidCredentials, PermanentSendError, RetryableSendError
-from forwarder.okta.payload import build_risk_events
+from forwarder.okta.payload import group_subjects, risk_events
 from forwarder.okta.tokens import RISK_EVENTS_SCOPE, TokenSource
 from forwarder.signals import Signal
 
-__all__ = ["EVENTS_PATH", "RiskEventsSender", "parse_rate_headers"]
+__all__ = ["EVENTS_PATH", "RiskEventsSender", "parse_rate_headers", "rejected_subjects"]
 
 EVENTS_PATH = "/api/v1/risk/events/ip"
 #: The longest wait any X-Rate-Limit-Reset may impose (Okta's windows are a minute).
 MAX_RESET_WAIT_S = 3600.0
 
 
+#: ASCII digits only: int() would also take "\uff13", "1_000" or "+5".
+_HEADER_INT = re.compile(r"[0-9]{1,18}")
+#: The path an errorCause starts with: ``events[i]`` or ``events[i].subjects[j]``.
+_CAUSE_PATH = re.compile(r"events\[([0-9]{1,6})\](?:\.subjects\[([0-9]{1,6})\])?")
+
+
 def _int_header(headers: Mapping[str, str], name: str) -> int | None:
     value = headers.get(name)
     if value is None:
         return None
-    try:
-        return int(value.strip())
-    except ValueError:
-        return None
+    value = value.strip(" \t")
+    return int(value) if _HEADER_INT.fullmatch(value) else None
 
 
 def parse_rate_headers(headers: Mapping[str, str], *, local_now: float) -> ServerWindow | None:
@@ -68,14 +73,51 @@ def parse_rate_headers(headers: Mapping[str, str], *, local_now: float) -> Serve
     return ServerWindow(limit=limit, remaining=remaining, reset_in_s=reset_in)
 
 
-def _error_causes(body: object) -> list[str]:
+def _cause_texts(body: object) -> list[str]:
     if not isinstance(body, dict):
         return []
-    causes = [
+    return [
         str(c.get("errorSummary"))
         for c in body.get("errorCauses") or []
         if isinstance(c, dict) and c.get("errorSummary")
     ]
+
+
+def rejected_subjects(
+    body: object, groups: Sequence[Sequence[Signal]]
+) -> list[tuple[Signal, list[str]]]:
+    """The signals a 400's ``errorCauses`` blame, each with its causes (risk-api.md §6).
+
+    A cause starting ``events[i].subjects[j]`` blames that subject; one starting
+    ``events[i]`` alone (its timestamp, say) blames every subject of event ``i``. When
+    any cause names nothing we can trace (the body, a count, an index out of range), the
+    answer is empty: the whole batch is then dead-lettered, as nothing tells it apart.
+    """
+    causes = _cause_texts(body)
+    blamed: dict[tuple[int, int], list[str]] = {}
+    for cause in causes:
+        match = _CAUSE_PATH.match(cause)
+        if match is None:
+            return []
+        i = int(match.group(1))
+        if i >= len(groups):
+            return []
+        if match.group(2) is None:
+            subjects = range(len(groups[i]))
+        else:
+            j = int(match.group(2))
+            if j >= len(groups[i]):
+                return []
+            subjects = range(j, j + 1)
+        for j in subjects:
+            blamed.setdefault((i, j), []).append(cause)
+    return [(groups[i][j], texts) for (i, j), texts in sorted(blamed.items())]
+
+
+def _error_causes(body: object) -> list[str]:
+    if not isinstance(body, dict):
+        return []
+    causes = _cause_texts(body)
     summary = body.get("errorSummary")
     code = body.get("errorCode")
     head = f"{code}: {summary}" if code and summary else str(summary or code or "")
@@ -116,12 +158,10 @@ class RiskEventsSender:
         self, signals: Sequence[Signal], *, spend: Callable[[], Awaitable[None]]
     ) -> Delivery:
         """POST one batch. ``spend`` is awaited right before the request (the budget)."""
-        body = json.dumps(
-            build_risk_events(
-                signals, max_events=self._max_events, max_subjects=self._max_subjects
-            ),
-            separators=(",", ":"),
+        groups = group_subjects(
+            signals, max_events=self._max_events, max_subjects=self._max_subjects
         )
+        body = json.dumps(risk_events(groups), separators=(",", ":"))
         token = await self._tokens.get()  # may raise AuthError before any call is spent
         await spend()
         try:
@@ -178,10 +218,16 @@ class RiskEventsSender:
                 window,
             )
         if status in (400, 422):
-            # Okta rejected the payload itself: resending it cannot help.
+            # Okta rejected the payload itself: resending it unchanged cannot help. When
+            # its causes name subjects, only those are blamed; the rest can go again.
             causes = _error_causes(payload) or [f"{status} with body {text[:200]!r}"]
+            rejected = rejected_subjects(payload, groups)
+            what = f"{len(rejected)} of {len(signals)} subjects" if rejected else "the batch"
             raise _with_window(
-                PermanentSendError(f"Okta rejected the batch ({status})", causes=causes), window
+                PermanentSendError(
+                    f"Okta rejected {what} ({status})", causes=causes, rejected=rejected
+                ),
+                window,
             )
         if status == 413:
             raise _with_window(

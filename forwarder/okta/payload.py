@@ -20,7 +20,7 @@ from typing import Any
 
 from forwarder.signals import Signal, format_ms, sanitize_message
 
-__all__ = ["build_risk_events", "group_subjects"]
+__all__ = ["build_risk_events", "group_subjects", "risk_events"]
 
 
 def _chunks(items: list[Signal], size: int) -> list[list[Signal]]:
@@ -56,8 +56,14 @@ def build_risk_events(
     signals: Sequence[Signal], *, max_events: int = 20, max_subjects: int = 50
 ) -> list[dict[str, Any]]:
     """The request body: a list of RiskEvent objects for ``signals``."""
+    return risk_events(group_subjects(signals, max_events=max_events, max_subjects=max_subjects))
+
+
+def risk_events(groups: Sequence[Sequence[Signal]]) -> list[dict[str, Any]]:
+    """One RiskEvent per group, subjects in group order: ``events[i].subjects[j]`` is
+    ``groups[i][j]`` (how an Okta 400 naming a subject is traced back to its signal)."""
     events: list[dict[str, Any]] = []
-    for group in group_subjects(signals, max_events=max_events, max_subjects=max_subjects):
+    for group in groups:
         newest = max(s.ts_ms for s in group)
         expiries = [s.expires_ms for s in group if s.expires_ms is not None]
         event: dict[str, Any] = {}

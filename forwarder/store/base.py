@@ -1,47 +1,62 @@
-"""What a store backend offers the ingest API and the dispatchers.
+"""What every store backend hands its consumers, and the whole surface a backend offers.
+
+Each consumer declares the few methods it calls, next to itself:
+
+* ``ingest.SignalSink``: ``add``;
+* ``dispatcher.Queue``: ``lease`` / ``ack`` / ``release`` / ``dead_letter``, the backlog
+  counts and the wake-up event;
+* ``ratelimit.CallLog``: ``record_call`` / ``recent_calls`` under a key of the caller's
+  choosing (a provider name, or an app identity);
+* ``telemetry`` and ``forwarder status`` / ``dead-letters``: ``StoreMonitor`` and
+  :class:`StoreReader` (a snapshot and the dead-letter table, from any process).
+
+:class:`StoreBackend` is their sum: what :func:`forwarder.store.open_store` returns.
+``tests/store_contract/`` is the real definition of the semantics; any backend passes it.
+
+Every time in this seam is an integer count of milliseconds since the Unix epoch
+(names end in ``_ms``).
 
 Semantics every backend keeps:
 
-* **Coalescing.** Keyed by (provider, ip): a new signal replaces the waiting one when its
-  timestamp is newer (tie: higher risk wins), so the backlog is bounded by distinct IPs
-  and a retried ingest request is harmless.
+* **Broadcast stored once.** A signal without targets is one stored entry whatever the
+  number of providers; each provider works through it on its own. A targeted signal is
+  one entry per (provider, ip). ``max_pending`` counts stored entries.
+* **Coalescing.** Per ip (broadcast) and per (provider, ip) (targeted): the newest
+  observation wins (tie: higher risk). Between a targeted entry and the broadcast entry
+  of the same ip, a provider is sent the newer of the two once, never both.
 * **Durability.** ``add`` returns only after the signals are committed.
-* **Leases.** ``lease`` hands out the next batch (HIGH, then MEDIUM, then LOW; oldest
-  first within a level) and marks it in flight. ``ack`` removes only the versions that
-  were sent: a row replaced while in flight loses its lease and stays pending.
-  Leases do not survive a restart, so everything unacknowledged is sent again.
+* **Leases.** ``lease`` hands a provider its next batch (HIGH, then MEDIUM, then LOW;
+  first stored first within a level), never an ip that provider already has in flight.
+  ``ack`` settles only the versions that were sent: an entry replaced while in flight
+  stays pending. Leases do not survive a restart: everything unacknowledged is sent again.
+* **Ageing.** Entries older than ``max_age`` are dropped (counted as expired for each
+  provider that had not sent them), so a provider failing for hours cannot fill the store.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from types import TracebackType
+from typing import Protocol, Self
 
 from forwarder.signals import RiskLevel, Signal
 
 __all__ = [
-    "AddResult",
     "DeadLetter",
     "Lease",
     "ProviderRecord",
     "ProviderSummary",
-    "Store",
+    "StoreBackend",
     "StoreObserver",
+    "StoreReader",
 ]
 
 
 @dataclass(frozen=True, slots=True)
-class AddResult:
-    """Outcome of one committed ``add``."""
-
-    accepted: int
-
-
-@dataclass(frozen=True, slots=True)
 class Lease:
-    """A batch handed to a dispatcher; ``expired`` rows were dropped, not leased."""
+    """A batch handed to a dispatcher; ``expired`` entries were dropped, not leased."""
 
     provider: str
     lease_id: int
@@ -51,30 +66,28 @@ class Lease:
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """A signal Okta rejected, with Okta's reasons."""
+    """A signal Okta rejected, with Okta's reasons; ``id`` names it for a requeue."""
 
     provider: str
     signal: Signal
     failed_ms: int
     reason: str
     causes: Sequence[str] = field(default_factory=tuple)
+    id: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class ProviderRecord:
-    """A provider's state and last events call, as its dispatcher last persisted them.
-
-    Times are epoch seconds. ``forwarder status`` reads these from another process.
-    """
+    """A provider's state and last events call, as its dispatcher last persisted them."""
 
     provider: str
     status: str
-    updated_at: float
-    last_call_at: float | None = None
+    updated_ms: int
+    last_call_ms: int | None = None
     last_outcome: str | None = None
     last_error: str | None = None
     hint: str | None = None
-    until: float | None = None
+    until_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,80 +109,83 @@ class StoreObserver(Protocol):
     def signals_expired(self, provider: str, count: int) -> None: ...
 
 
-class Store(Protocol):
-    """The storage surface used by ingest and the dispatchers."""
+class StoreReader(Protocol):
+    """A snapshot of the store and its dead letters, usable from another process."""
+
+    async def summaries(self, providers: Sequence[str] = ()) -> list[ProviderSummary]:
+        """Per provider, ``providers`` first, then any other the store knows."""
+        ...
+
+    async def dead_letters(
+        self,
+        provider: str | None = None,
+        *,
+        ids: Collection[int] = (),
+        limit: int | None = 100,
+    ) -> list[DeadLetter]:
+        """Dead letters, newest first; filtered by provider and/or ids."""
+        ...
+
+    async def delete_dead_letters(self, ids: Collection[int]) -> int:
+        """Remove these dead letters (after they were accepted again); return how many."""
+        ...
+
+
+class StoreBackend(StoreReader, Protocol):
+    """Everything a backend offers (the sum of its consumers' protocols)."""
 
     max_pending: int
 
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
     @property
-    def writable(self) -> bool:
-        """The store is open and its last write committed (readiness)."""
-        ...
+    def writable(self) -> bool: ...
 
-    async def add(self, items: Sequence[tuple[Sequence[str], Signal]]) -> AddResult:
-        """Commit signals (each for the listed providers); raise ``StoreFull`` at capacity."""
-        ...
+    async def probe_writable(self) -> bool: ...
 
-    def pending_total(self) -> int:
-        """Distinct (provider, ip) pairs waiting, all providers."""
-        ...
+    async def attach(self, provider: str) -> None: ...
 
-    def pending_counts(self, provider: str) -> Mapping[RiskLevel, int]:
-        """Pending rows of ``provider`` by risk level (in flight included)."""
-        ...
+    async def add(self, items: Sequence[tuple[Sequence[str], Signal]]) -> None: ...
 
-    def changed(self, provider: str) -> asyncio.Event:
-        """An event set whenever new signals for ``provider`` are committed."""
-        ...
+    def pending_total(self) -> int: ...
+
+    def pending_counts(self, provider: str) -> Mapping[RiskLevel, int]: ...
+
+    def dead_letter_count(self, provider: str) -> int: ...
+
+    def changed(self, provider: str) -> asyncio.Event: ...
 
     async def lease(
         self, provider: str, *, limit: int, now_ms: int, max_age_ms: int, expiry_margin_ms: int
-    ) -> Lease:
-        """Lease the next batch, dropping (and counting) expired or too old signals."""
-        ...
+    ) -> Lease: ...
 
-    async def ack(self, lease: Lease) -> int:
-        """Okta accepted the batch: remove the versions sent; return rows removed."""
-        ...
+    async def ack(self, lease: Lease) -> int: ...
 
-    async def release(self, lease: Lease) -> None:
-        """Keep the batch for a later attempt."""
-        ...
+    async def release(self, lease: Lease) -> None: ...
 
     async def dead_letter(
-        self, lease: Lease, *, reason: str, causes: Sequence[str], at: float
-    ) -> None:
-        """Okta rejected the batch: move what was sent to the dead-letter table."""
-        ...
+        self, lease: Lease, *, reason: str, causes: Sequence[str], at_ms: int
+    ) -> int: ...
 
-    async def record_call(self, provider: str, at: float) -> None:
-        """Persist the time of an events call (the budget survives restarts)."""
-        ...
+    async def dead_letter_some(
+        self, lease: Lease, rejected: Mapping[str, Sequence[str]], *, reason: str, at_ms: int
+    ) -> int: ...
 
-    async def recent_calls(self, provider: str, since: float) -> list[float]:
-        """Call times of ``provider`` at or after ``since``, oldest first."""
-        ...
+    async def sweep(self, *, now_ms: int, max_age_ms: int) -> int: ...
 
-    async def record_provider_state(self, record: ProviderRecord) -> None:
-        """Persist a provider's state and last call (one small write per call)."""
-        ...
+    async def record_call(self, key: str, at_ms: int) -> None: ...
 
-    async def probe_writable(self) -> bool:
-        """Try a tiny write now; True (and ``writable`` again) when it commits."""
-        ...
+    async def recent_calls(self, key: str, since_ms: int) -> list[int]: ...
 
-    async def oldest_pending_ms(self, provider: str) -> Mapping[RiskLevel, int]:
-        """Oldest observation time per risk level (levels with no rows are absent)."""
-        ...
+    async def record_provider_state(self, record: ProviderRecord) -> None: ...
 
-    async def refresh_dead_letter_counts(self) -> None:
-        """Recount dead letters (``forwarder dead-letters requeue`` removes them from outside)."""
-        ...
+    async def oldest_pending_ms(self, provider: str) -> Mapping[RiskLevel, int]: ...
 
-    def dead_letter_count(self, provider: str) -> int:
-        """Signals of ``provider`` in the dead-letter table."""
-        ...
-
-    async def dead_letters(self, provider: str | None = None, limit: int = 100) -> list[DeadLetter]:
-        """The newest dead letters, newest first."""
-        ...
+    async def refresh(self) -> None: ...

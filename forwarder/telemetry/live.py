@@ -60,7 +60,7 @@ class LiveSource(Protocol):
         ...
 
     def store_entries(self) -> int:
-        """Distinct (provider, ip) pairs in the store, every provider (capacity use)."""
+        """Entries stored (a broadcast once, a targeted one per provider): capacity use."""
         ...
 
     def pending_counts(self, provider: str) -> Mapping[RiskLevel, int]: ...
@@ -97,7 +97,7 @@ class LiveCollector(Collector):
             gauge("forwarder_ready", "1 when /readyz answers 200 (store writable, ingest up)."),
             gauge(
                 "forwarder_store_entries",
-                "Distinct (provider, ip) pairs stored, every provider; compare with "
+                "Entries stored (a broadcast once, a targeted one per provider); compare with "
                 "forwarder_store_capacity.",
             ),
             gauge(

@@ -133,7 +133,7 @@ class Metrics:
         )
         self.capacity = Gauge(
             "forwarder_store_capacity",
-            "Distinct (provider, ip) pairs the store holds before ingest answers 503.",
+            "Entries the store holds before ingest answers 503 (a broadcast counts once).",
             registry=r,
         )
         self.max_age = Gauge(

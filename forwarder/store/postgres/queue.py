@@ -451,29 +451,47 @@ async def sweep(conn: Conn, *, cutoff_ms: int, batch: int = 20_000) -> dict[str,
 
 
 async def pending_counts(conn: Conn, q: ProviderQueue) -> dict[int, int]:
-    """Entries the provider has still to send, per level (exact; in flight included)."""
-    out: dict[int, int] = {}
-    for level in LEVELS:
-        n = int(
-            await conn.fetchval(
-                "SELECT count(*) FROM signals s WHERE s.risk = $1 AND s.seq > $2"
-                " AND NOT EXISTS (SELECT 1 FROM done d WHERE d.provider = $3"
-                "                 AND d.risk = s.risk AND d.seq = s.seq)",
-                level,
-                q.cursor[level],
-                q.provider,
-            )
-        )
-        n += int(
-            await conn.fetchval(
-                "SELECT count(*) FROM targeted WHERE provider = $1 AND risk = $2",
-                q.provider,
-                level,
-            )
-        )
-        if n:
-            out[level] = n
-    return out
+    """Entries the provider has still to send, per level (exact; in flight included).
+
+    An ip with both a targeted and a pending broadcast entry is sent once: the losing
+    entry (by the coalescing rule) is not counted.
+    """
+    levels = list(q.cursor)
+    cursors = [q.cursor[level] for level in levels]
+    out: dict[int, int] = defaultdict(int)
+    for r in await conn.fetch(
+        "SELECT s.risk, count(*) AS n FROM signals s"
+        " JOIN unnest($1::smallint[], $2::bigint[]) AS c(risk, seq)"
+        "   ON s.risk = c.risk AND s.seq > c.seq"
+        " WHERE NOT EXISTS (SELECT 1 FROM done d WHERE d.provider = $3"
+        "                   AND d.risk = s.risk AND d.seq = s.seq)"
+        " GROUP BY s.risk",
+        levels,
+        cursors,
+        q.provider,
+    ):
+        out[r["risk"]] += r["n"]
+    for r in await conn.fetch(
+        "SELECT risk, count(*) AS n FROM targeted WHERE provider = $1 GROUP BY risk",
+        q.provider,
+    ):
+        out[r["risk"]] += r["n"]
+    for r in await conn.fetch(
+        "SELECT CASE WHEN t.ts_ms > s.ts_ms OR (t.ts_ms = s.ts_ms AND t.risk > s.risk)"
+        "            THEN s.risk ELSE t.risk END AS loser, count(*) AS n"
+        "  FROM targeted t JOIN signals s ON s.ip = t.ip"
+        "  JOIN unnest($2::smallint[], $3::bigint[]) AS c(risk, seq)"
+        "    ON s.risk = c.risk AND s.seq > c.seq"
+        " WHERE t.provider = $1"
+        "   AND NOT EXISTS (SELECT 1 FROM done d WHERE d.provider = $1"
+        "                   AND d.risk = s.risk AND d.seq = s.seq)"
+        " GROUP BY 1",
+        q.provider,
+        levels,
+        cursors,
+    ):
+        out[r["loser"]] -= r["n"]
+    return {level: n for level, n in out.items() if n > 0}
 
 
 async def oldest_pending(conn: Conn, q: ProviderQueue) -> dict[int, int]:
