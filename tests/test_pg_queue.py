@@ -166,7 +166,8 @@ async def test_sweep_ages_out_what_a_failing_provider_never_sent(pool: asyncpg.P
     lease_id, _, _ = await lease(pool, qa, now=NOW - DAY - 1)
     await ack(pool, qa, lease_id)
     async with pool.acquire() as conn, conn.transaction():
-        expired = await queue.sweep(conn, cutoff_ms=NOW - DAY)
+        expired, more = await queue.sweep(conn, cutoff_ms=NOW - DAY)
+    assert not more
     assert expired == {"b": 2}
     assert await stored(pool) == 0
 

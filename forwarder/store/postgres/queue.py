@@ -24,7 +24,7 @@ Every function takes a connection inside the caller's transaction.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from forwarder.errors import StoreError
@@ -36,11 +36,13 @@ __all__ = [
     "Fenced",
     "Item",
     "ProviderQueue",
+    "advance",
     "attach",
     "lease",
     "oldest_pending",
     "pending_counts",
     "release",
+    "reload",
     "settle",
     "sweep",
 ]
@@ -140,6 +142,14 @@ async def attach(
     return ProviderQueue(provider, cursor, done, fence=fence)
 
 
+async def reload(conn: Conn, q: ProviderQueue) -> None:
+    """Read the provider's cursor and out-of-order settlements again (another replica may
+    have moved them), keeping the object (its leases and fence)."""
+    fresh = await attach(conn, q.provider, fence=q.fence)
+    q.cursor = fresh.cursor
+    q.done = fresh.done
+
+
 class _Stream:
     """Rows above a seq in seq order, fetched a page at a time (keyset pagination)."""
 
@@ -177,9 +187,11 @@ async def _merged(
     return best
 
 
-def _newer(a_ts: int, a_risk: int, b_ts: int, b_risk: int) -> bool:
-    """Okta's coalescing rule: the newest observation wins; on a tie the higher risk."""
-    return a_ts > b_ts or (a_ts == b_ts and a_risk > b_risk)
+def _beats(a_ts: int, a_risk: int, a_seq: int, b_ts: int, b_risk: int, b_seq: int) -> bool:
+    """Okta's coalescing rule: the newest observation wins; on a tie the higher risk; on
+    a full tie the one stored first (as within one table, an equal version replaces
+    nothing)."""
+    return (a_ts, a_risk, -a_seq) > (b_ts, b_risk, -b_seq)
 
 
 async def _delete_targeted(conn: Conn, provider: str, ip: str, seq: int) -> int:
@@ -207,7 +219,9 @@ async def lease(
         await conn.fetchval("SELECT 1 FROM targeted WHERE provider = $1 LIMIT 1", provider)
         is not None
     )
-    settled: set[int] = set()
+    # Entries settled out of order wait for the cursor; the entry that held it back may
+    # have been replaced (moved to a newer number) since: try again.
+    settled: set[int] = {level for level, _ in q.done}
     for level in LEVELS:
         streams = [_Stream(conn, _B_PAGE, (level,), q.cursor[level], BROADCAST)]
         if has_targeted:
@@ -234,7 +248,7 @@ async def lease(
             if kind == BROADCAST and has_targeted:
                 other = await conn.fetchrow(_T_ONE, provider, ip)
                 if other is not None:
-                    if _newer(other["ts_ms"], other["risk"], ts_ms, level):
+                    if _beats(other["ts_ms"], other["risk"], other["seq"], ts_ms, level, seq):
                         # This provider's own, newer observation is sent instead.
                         q.done.add((level, seq))
                         settled.add(level)
@@ -245,7 +259,7 @@ async def lease(
                 if other is not None:
                     b_risk, b_seq = other["risk"], other["seq"]
                     b_pending = b_seq > q.cursor[b_risk] and (b_risk, b_seq) not in q.done
-                    if _newer(other["ts_ms"], b_risk, ts_ms, level):
+                    if _beats(other["ts_ms"], b_risk, b_seq, ts_ms, level, seq):
                         # The broadcast is newer: sent (or already sent) instead of this one.
                         await _delete_targeted(conn, provider, ip, seq)
                         continue
@@ -361,41 +375,53 @@ async def settle(
             )
         }
     levels: set[int] = set()
+    has_targeted = (
+        await conn.fetchval("SELECT 1 FROM targeted WHERE provider = $1 LIMIT 1", q.provider)
+        is not None
+    )
+    removed = 0
     for item in broadcast:
+        current = (item.ip, item.seq) in live
         q.done.add((item.risk, item.seq))
         levels.add(item.risk)
-    targeted = [i for i in chosen if i.kind == TARGETED]
-    removed = len(live)
-    if targeted:
-        removed += int(
-            await conn.fetchval(
-                "WITH gone AS (DELETE FROM targeted t USING unnest($2::text[], $3::bigint[])"
-                " AS u(ip, seq) WHERE t.provider = $1 AND t.ip = u.ip AND t.seq = u.seq"
-                " RETURNING 1), c AS (UPDATE counters SET value = value +"
-                " (SELECT count(*) FROM gone) WHERE name = 'deleted')"
-                " SELECT count(*) FROM gone",
-                q.provider,
-                [i.ip for i in targeted],
-                [i.seq for i in targeted],
-            )
-        )
-        for item in targeted:
-            # A broadcast stored while this was in flight but observed earlier is older
-            # news for this provider: never sent after the newer one.
-            other = await conn.fetchrow(_B_ONE, item.ip)
-            if other is None:
-                continue
+        if has_targeted:
+            other = await conn.fetchrow(_T_ONE, q.provider, item.ip)
+            if other is not None:
+                if _beats(
+                    other["ts_ms"], other["risk"], other["seq"], item.ts_ms, item.risk, item.seq
+                ):
+                    # A newer targeted observation stored meanwhile is now this
+                    # provider's version.
+                    current = False
+                else:
+                    # This provider has just been sent news as new as that one.
+                    await _delete_targeted(conn, q.provider, item.ip, other["seq"])
+        removed += current
+    for item in (i for i in chosen if i.kind == TARGETED):
+        current = await _delete_targeted(conn, q.provider, item.ip, item.seq) > 0
+        other = await conn.fetchrow(_B_ONE, item.ip)
+        if other is not None:
             b_risk, b_seq = other["risk"], other["seq"]
-            if (
-                b_seq > q.cursor[b_risk]
-                and (b_risk, b_seq) not in q.done
-                and not _newer(other["ts_ms"], b_risk, item.ts_ms, item.risk)
-            ):
-                q.done.add((b_risk, b_seq))
-                levels.add(b_risk)
+            if b_seq > q.cursor[b_risk] and (b_risk, b_seq) not in q.done:
+                if _beats(other["ts_ms"], b_risk, b_seq, item.ts_ms, item.risk, item.seq):
+                    # A newer broadcast stored meanwhile is now this provider's version.
+                    current = False
+                else:
+                    # Stored while this was in flight but observed earlier: older news
+                    # for this provider, never sent after the newer one.
+                    q.done.add((b_risk, b_seq))
+                    levels.add(b_risk)
+        removed += current
+    levels |= {level for level, _ in q.done}
     if levels:
         await _advance(conn, q, levels)
     return removed
+
+
+async def advance(conn: Conn, q: ProviderQueue) -> None:
+    """Try again to move cursors held back by entries since replaced (after a sweep)."""
+    if q.done:
+        await _advance(conn, q, {level for level, _ in q.done})
 
 
 def release(q: ProviderQueue, lease_id: int) -> None:
@@ -405,17 +431,30 @@ def release(q: ProviderQueue, lease_id: int) -> None:
             del q.inflight[item.ip]
 
 
-async def sweep(conn: Conn, *, cutoff_ms: int, batch: int = 20_000) -> dict[str, int]:
-    """Drop entries observed before ``cutoff_ms``; return, per provider, those it never sent.
+async def sweep(
+    conn: Conn,
+    *,
+    cutoff_ms: int,
+    busy: Mapping[str, Collection[str]] | None = None,
+    batch: int = 20_000,
+) -> tuple[dict[str, int], bool]:
+    """Drop up to ``batch`` entries of each table observed before ``cutoff_ms``.
 
-    Reads every provider's cursor from the table, so any replica may sweep for all.
+    Returns, per provider, how many it never sent (every provider's cursor is read from
+    the table, so any replica may sweep for all), and whether more remain. ``busy``
+    (provider -> ips this replica has in flight) is left alone: its lease settles it.
     """
+    busy = busy or {}
+    busy_ips = sorted({ip for ips in busy.values() for ip in ips})
+    pairs = [(p, ip) for p, ips in busy.items() for ip in ips]
     expired: dict[str, int] = defaultdict(int)
     gone = await conn.fetch(
-        "WITH old AS (SELECT ip FROM signals WHERE ts_ms < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)"
+        "WITH old AS (SELECT ip FROM signals WHERE ts_ms < $1 AND NOT (ip = ANY($3::text[]))"
+        " LIMIT $2 FOR UPDATE SKIP LOCKED)"
         " DELETE FROM signals s USING old WHERE s.ip = old.ip RETURNING s.risk, s.seq",
         cutoff_ms,
         batch,
+        busy_ips,
     )
     if gone:
         risks = [r["risk"] for r in gone]
@@ -437,17 +476,24 @@ async def sweep(conn: Conn, *, cutoff_ms: int, batch: int = 20_000) -> dict[str,
             risks,
             seqs,
         )
-    deleted = len(gone)
-    for r in await conn.fetch(
-        "WITH gone AS (DELETE FROM targeted WHERE ts_ms < $1 RETURNING provider)"
-        " SELECT provider, count(*) AS n FROM gone GROUP BY provider",
+    gone_t = await conn.fetch(
+        "WITH old AS (SELECT provider, ip FROM targeted t WHERE ts_ms < $1"
+        "   AND NOT EXISTS (SELECT 1 FROM unnest($3::text[], $4::text[]) AS b(p, ip)"
+        "                   WHERE b.p = t.provider AND b.ip = t.ip)"
+        "   LIMIT $2 FOR UPDATE SKIP LOCKED)"
+        " DELETE FROM targeted t USING old WHERE t.provider = old.provider AND t.ip = old.ip"
+        " RETURNING t.provider",
         cutoff_ms,
-    ):
-        expired[r["provider"]] += r["n"]
-        deleted += r["n"]
+        batch,
+        [p for p, _ in pairs],
+        [ip for _, ip in pairs],
+    )
+    for r in gone_t:
+        expired[r["provider"]] += 1
+    deleted = len(gone) + len(gone_t)
     if deleted:
         await conn.execute("UPDATE counters SET value = value + $1 WHERE name = 'deleted'", deleted)
-    return dict(expired)
+    return dict(expired), len(gone) == batch or len(gone_t) == batch
 
 
 async def pending_counts(conn: Conn, q: ProviderQueue) -> dict[int, int]:

@@ -282,12 +282,11 @@ class PostgresStore:
     async def refresh(self) -> None:
         """Recount every tracked provider's backlog, the total and the dead letters."""
         async with self._tx() as conn:
-            for provider, known in list(self._queues.items()):
-                q = known
-                if not known.leases:
-                    # Another replica may have dispatched it meanwhile: reload progress.
-                    q = await queue.attach(conn, provider, fence=known.fence)
-                    self._queues[provider] = q
+            for provider, q in self._queues.items():
+                if not q.leases:
+                    # Another replica may have dispatched it meanwhile: reload its progress
+                    # (in place: a lease being prepared may hold this object).
+                    await queue.reload(conn, q)
                 await self._recount(conn, provider, q)
             self._entries = await self._read_entries(conn)
             self._dead = defaultdict(
@@ -484,13 +483,22 @@ class PostgresStore:
 
     async def _sweep(self, now_ms: int, max_age_ms: int) -> dict[str, int]:
         total: dict[str, int] = defaultdict(int)
-        while True:
+        busy = {p: list(q.inflight) for p, q in self._queues.items() if q.inflight}
+        more = True
+        while more:
             async with self._tx() as conn:
-                expired = await queue.sweep(conn, cutoff_ms=now_ms - max_age_ms)
-            if not expired:
-                break
+                expired, more = await queue.sweep(conn, cutoff_ms=now_ms - max_age_ms, busy=busy)
+                for q in self._queues.values():
+                    if q.done and (q.fence is None or q.leases):
+                        await queue.advance(conn, q)
             for provider, n in expired.items():
                 total[provider] += n
+        for q in self._queues.values():
+            if q.done:
+                # A cursor held back by an entry just swept can move on now.
+                with contextlib.suppress(queue.Fenced):
+                    async with self._tx() as conn:
+                        await queue.advance(conn, q)
         if total:
             await self.refresh()
         return dict(total)
