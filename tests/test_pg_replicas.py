@@ -32,6 +32,7 @@ from forwarder.sandbox import SandboxOrg, serve
 from forwarder.telemetry import configure_logging
 from tests.harness import ips
 from tests.pg import PgCluster
+from tests.procs import run_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -186,3 +187,69 @@ async def test_two_replicas_share_orgs_budget_and_ingest(
     text = log.getvalue() + ready
     assert pg_cluster.password not in text
     assert json.loads(ready)["store"] == "writable"
+
+
+def write_config(f: Fleet) -> Path:
+    """The fleet's config as a file, for the CLI (store and dead-letter tools)."""
+    lines = ["[store]", 'backend = "postgres"', f'dsn_file = "{f.dsn_file}"', ""]
+    for p in f.providers:
+        lines += ["[[providers]]", *(f"{k} = {json.dumps(v)}" for k, v in p.items()), ""]
+    path = f.tmp / "forwarder.toml"
+    path.write_text("\n".join(lines))
+    return path
+
+
+async def test_status_and_dead_letters_read_postgres_without_showing_the_dsn(
+    tmp_path: Path, pg_cluster: PgCluster, pg_dsn: str
+) -> None:
+    """`forwarder status` and `dead-letters list` read the shared database; no password."""
+    async with fleet(tmp_path, pg_cluster, pg_dsn) as f:
+        await f.add_org("org-0")
+        await f.start("a")
+        await f.until(lambda: len(f.owned()["a"]) == 1)
+        assert await f.post("a", signals(ips(5))) == 202
+        await f.until(lambda: f.delivered_everywhere(set(ips(5))))
+        config = write_config(f)
+        status = await run_cli("status", "--config", str(config), "--json")
+        letters = await run_cli("dead-letters", "list", "--config", str(config))
+    assert status.code == 0, status.output
+    org = json.loads(status.stdout)["providers"]["org-0"]
+    assert org["pending_total"] == 0
+    assert org["last_outcome"] == "accepted"
+    assert letters.code == 0, letters.output
+    assert "no dead letters" in letters.stdout
+    for result in (status, letters):
+        assert pg_cluster.password not in result.output
+
+
+async def test_unreachable_postgres_means_503_and_not_ready_then_recovers(
+    tmp_path: Path, pg_cluster: PgCluster, pg_dsn: str
+) -> None:
+    """The database refuses connections: ingest answers 503 with Retry-After (never 500)
+    and /readyz is not ready; once it is back, both recover on their own."""
+    name = pg_dsn.rsplit("/", 1)[1]
+    async with fleet(tmp_path, pg_cluster, pg_dsn) as f:
+        await f.add_org("org-0")
+        await f.start("a")
+        pg_cluster.sql(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        pg_cluster.sql(
+            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+        )
+        try:
+            daemon = f.running["a"][0]
+            async with f.session.post(
+                f"{daemon.ingest_url}/v1/signals", json=signals(ips(3))
+            ) as resp:
+                assert resp.status == 503
+                assert "Retry-After" in resp.headers
+            status, body = await f.get("a", "/readyz")
+            assert status == 503
+            assert json.loads(body)["store"] == "unavailable"
+        finally:
+            pg_cluster.sql(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        deadline = time.monotonic() + 10
+        while (await f.get("a", "/readyz"))[0] != 200:
+            assert time.monotonic() < deadline, "never ready again"
+            await asyncio.sleep(0.2)
+        assert await f.post("a", signals(ips(3))) == 202
+        await f.until(lambda: f.delivered_everywhere(set(ips(3))))
