@@ -542,25 +542,18 @@ async def pending_counts(conn: Conn, q: ProviderQueue) -> dict[int, int]:
 
 async def oldest_pending(conn: Conn, q: ProviderQueue) -> dict[int, int]:
     """Observation time of the entry waiting longest (first stored) per level."""
-    out: dict[int, int] = {}
-    for level in LEVELS:
-        times = [
-            t
-            for t in (
-                await conn.fetchval(
-                    "SELECT ts_ms FROM signals WHERE risk = $1 AND seq > $2 ORDER BY seq LIMIT 1",
-                    level,
-                    q.cursor[level],
-                ),
-                await conn.fetchval(
-                    "SELECT ts_ms FROM targeted WHERE provider = $1 AND risk = $2"
-                    " ORDER BY seq LIMIT 1",
-                    q.provider,
-                    level,
-                ),
-            )
-            if t is not None
-        ]
-        if times:
-            out[level] = int(min(times))
-    return out
+    levels = list(q.cursor)
+    rows = await conn.fetch(
+        "SELECT risk, min(ts_ms) AS ts FROM ("
+        "  (SELECT DISTINCT ON (s.risk) s.risk, s.ts_ms FROM signals s"
+        "     JOIN unnest($2::smallint[], $3::bigint[]) AS c(risk, seq)"
+        "       ON s.risk = c.risk AND s.seq > c.seq ORDER BY s.risk, s.seq)"
+        "  UNION ALL"
+        "  (SELECT DISTINCT ON (risk) risk, ts_ms FROM targeted WHERE provider = $1"
+        "    ORDER BY risk, seq)"
+        ") AS first GROUP BY risk",
+        q.provider,
+        levels,
+        [q.cursor[level] for level in levels],
+    )
+    return {r["risk"]: int(r["ts"]) for r in rows}
