@@ -50,7 +50,7 @@ async def add(
     pool: asyncpg.Pool, broadcast: Sequence[BroadcastRow], targeted: Sequence[TargetedRow] = ()
 ) -> None:
     async with pool.acquire() as conn, conn.transaction():
-        await upsert_rows(conn, broadcast, targeted)
+        await upsert_rows(conn, [*broadcast, *targeted])
 
 
 async def attach(

@@ -50,7 +50,7 @@ async def write(
     pool: asyncpg.Pool, broadcast: list[BroadcastRow], targeted: Sequence[TargetedRow] = ()
 ) -> None:
     async with pool.acquire() as conn, conn.transaction():
-        await upsert_rows(conn, broadcast, targeted)
+        await upsert_rows(conn, [*broadcast, *targeted])
 
 
 async def rows(pool: asyncpg.Pool, table: str) -> dict[str, tuple[int, str, int, int]]:
@@ -157,7 +157,7 @@ async def test_concurrent_replicas_commit_in_sequence_order(
 
     async def produce(r: int, i: int) -> None:
         batch = [b(f"10.{r}.{i}.{k}", LOW, i * 1000 + k) for k in range(20)]
-        await commits[r].add(batch, [])
+        await commits[r].add(list(batch))
 
     try:
         follower = asyncio.create_task(follow())

@@ -39,13 +39,7 @@ from forwarder.store.postgres.connect import DB_ERRORS, connect_error
 from forwarder.store.postgres.dsn import describe_dsn
 from forwarder.store.postgres.queue import LEVELS, ProviderQueue
 from forwarder.store.postgres.schema import migrate, require_current
-from forwarder.store.postgres.writer import (
-    CHANGED_CHANNEL,
-    BroadcastRow,
-    GroupCommit,
-    TargetedRow,
-    Upserted,
-)
+from forwarder.store.postgres.writer import CHANGED_CHANNEL, GroupCommit, Row, Upserted
 
 __all__ = ["PostgresReader", "PostgresStore"]
 
@@ -326,20 +320,17 @@ class PostgresStore:
             waiting = self._entries + self._writer.queued_rows
         if waiting >= self.max_pending:
             raise StoreFull(f"{waiting} signals are waiting (max_pending={self.max_pending})")
-        broadcast: list[BroadcastRow] = []
-        targeted: list[TargetedRow] = []
+        rows: list[Row] = []
         for providers, s in items:
             if not providers:
-                broadcast.append(
-                    (s.ip, int(s.risk), s.message, s.ts_ms, s.expires_ms, s.received_ms)
-                )
+                rows.append((s.ip, int(s.risk), s.message, s.ts_ms, s.expires_ms, s.received_ms))
             else:
-                targeted.extend(
+                rows.extend(
                     (p, s.ip, int(s.risk), s.message, s.ts_ms, s.expires_ms, s.received_ms)
                     for p in providers
                 )
-        if broadcast or targeted:
-            await self._writer.add(broadcast, targeted)
+        if rows:
+            await self._writer.add(rows)
 
     def _after_commit(self, result: Upserted) -> None:
         self._generation += 1

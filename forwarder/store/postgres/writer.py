@@ -31,6 +31,7 @@ __all__ = [
     "CHANGED_CHANNEL",
     "BroadcastRow",
     "GroupCommit",
+    "Row",
     "TargetedRow",
     "Upserted",
     "changes_payload",
@@ -104,25 +105,38 @@ def _wins(new_ts: int, new_risk: int, old_ts: int, old_risk: int) -> bool:
     return new_ts > old_ts or (new_ts == old_ts and new_risk > old_risk)
 
 
-def coalesce_rows(
-    broadcast: Sequence[BroadcastRow], targeted: Sequence[TargetedRow]
-) -> tuple[list[BroadcastRow], list[TargetedRow]]:
-    """One row per ip (broadcast) and per (provider, ip), by the upsert's rule, in time order.
+Row = BroadcastRow | TargetedRow
+_BROADCAST_LEN = 6
 
-    Sequence numbers follow observation time within a commit ("oldest first").
+
+def coalesce_rows(
+    rows: Sequence[Row],
+) -> tuple[list[tuple[BroadcastRow, int]], list[tuple[TargetedRow, int]]]:
+    """Number the rows of one commit and keep one per ip (broadcast) and per (provider, ip).
+
+    Numbers follow observation time, ties in arrival order (both kinds together, as the
+    SQLite store does); each row is numbered, winners keep theirs. The winner of a key is
+    the newest observation, on a tie the higher risk, on a full tie the first numbered
+    (an equal version replaces nothing). Returns (row, offset) pairs per kind.
     """
-    b: dict[str, BroadcastRow] = {}
-    for row in broadcast:
-        old = b.get(row[0])
-        if old is None or _wins(row[3], row[1], old[3], old[1]):
-            b[row[0]] = row
-    t: dict[tuple[str, str], TargetedRow] = {}
-    for trow in targeted:
-        key = (trow[0], trow[1])
-        old_t = t.get(key)
-        if old_t is None or _wins(trow[4], trow[2], old_t[4], old_t[2]):
-            t[key] = trow
-    return sorted(b.values(), key=lambda r: r[3]), sorted(t.values(), key=lambda r: r[4])
+    times: list[int] = [r[3] if len(r) == _BROADCAST_LEN else r[4] for r in rows]  # type: ignore[misc]
+    order = sorted(range(len(rows)), key=lambda i: times[i])
+    b: dict[str, tuple[BroadcastRow, int]] = {}
+    t: dict[tuple[str, str], tuple[TargetedRow, int]] = {}
+    for offset, i in enumerate(order):
+        row = rows[i]
+        if len(row) == _BROADCAST_LEN:
+            brow: BroadcastRow = row  # type: ignore[assignment]
+            old = b.get(brow[0])
+            if old is None or _wins(brow[3], brow[1], old[0][3], old[0][1]):
+                b[brow[0]] = (brow, offset)
+        else:
+            trow: TargetedRow = row  # type: ignore[assignment]
+            key = (trow[0], trow[1])
+            old_t = t.get(key)
+            if old_t is None or _wins(trow[4], trow[2], old_t[0][4], old_t[0][2]):
+                t[key] = (trow, offset)
+    return sorted(b.values(), key=lambda x: x[1]), sorted(t.values(), key=lambda x: x[1])
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,33 +189,25 @@ def changes_payload(
     return json.dumps({"o": origin, "b": b, "all": True}, separators=(",", ":"))
 
 
-async def upsert_rows(
-    conn: Conn,
-    broadcast: Sequence[BroadcastRow],
-    targeted: Sequence[TargetedRow],
-    *,
-    origin: str = "",
-) -> Upserted:
-    """Coalesce and store the rows, then announce them; the caller owns the transaction."""
-    b, t = coalesce_rows(broadcast, targeted)
-    count = len(b) + len(t)
-    if not count:
+async def upsert_rows(conn: Conn, rows: Sequence[Row], *, origin: str = "") -> Upserted:
+    """Coalesce and store the rows (in arrival order), then announce them; the caller owns
+    the transaction."""
+    if not rows:
         return Upserted(last_seq=0, entries=int(await conn.fetchval(_ENTRIES)))
-    last = int(await conn.fetchval(_NEXT_SEQ, count))
-    # Both kinds numbered together in observation time order ("oldest first").
-    order = sorted(
-        [(r[3], 0, i) for i, r in enumerate(b)] + [(r[4], 1, i) for i, r in enumerate(t)]
-    )
-    seqs: tuple[list[int], list[int]] = ([0] * len(b), [0] * len(t))
-    for offset, (_, kind, i) in enumerate(order):
-        seqs[kind][i] = last - count + 1 + offset
+    b, t = coalesce_rows(rows)
+    last = int(await conn.fetchval(_NEXT_SEQ, len(rows)))
+    first = last - len(rows) + 1
     per_level: dict[int, tuple[int, int]] = {}
     per_provider: dict[tuple[str, int], tuple[int, int]] = {}
     if b:
-        for r in await conn.fetch(_BROADCAST, *_columns(b, 6), seqs[0]):
+        brows = [r for r, _ in b]
+        seqs = [first + offset for _, offset in b]
+        for r in await conn.fetch(_BROADCAST, *_columns(brows, 6), seqs):
             per_level[r["risk"]] = (int(r["inserted"]), int(r["stored"]))
     if t:
-        for r in await conn.fetch(_TARGETED, *_columns(t, 7), seqs[1]):
+        trows = [r for r, _ in t]
+        tseqs = [first + offset for _, offset in t]
+        for r in await conn.fetch(_TARGETED, *_columns(trows, 7), tseqs):
             per_provider[(r["provider"], r["risk"])] = (int(r["inserted"]), int(r["stored"]))
     if per_level or per_provider:
         payload = changes_payload(origin, per_level, per_provider)
@@ -210,7 +216,7 @@ async def upsert_rows(
     return Upserted(last_seq=last, broadcast=per_level, targeted=per_provider, entries=entries)
 
 
-_Batch = tuple[list[BroadcastRow], list[TargetedRow]]
+_Batch = list[Row]
 
 
 class GroupCommit:
@@ -259,10 +265,11 @@ class GroupCommit:
             await self._task
         self._task = None
 
-    async def add(self, broadcast: list[BroadcastRow], targeted: list[TargetedRow]) -> Upserted:
+    async def add(self, rows: list[Row]) -> Upserted:
+        """Commit ``rows`` (broadcast and targeted, in arrival order) with the next group."""
         fut: asyncio.Future[Upserted] = asyncio.get_running_loop().create_future()
-        self._queue.append(((broadcast, targeted), fut))
-        self._queued_rows += len(broadcast) + len(targeted)
+        self._queue.append((rows, fut))
+        self._queued_rows += len(rows)
         self._wake.set()
         return await fut
 
@@ -276,12 +283,11 @@ class GroupCommit:
                 while self._queue and (not group or n < self._max_rows):
                     batch, fut = self._queue.pop(0)
                     group.append((batch, fut))
-                    n += len(batch[0]) + len(batch[1])
+                    n += len(batch)
                 self._queued_rows -= n
-                broadcast = [r for (b, _), _ in group for r in b]
-                targeted = [r for (_, t), _ in group for r in t]
+                rows = [r for batch, _ in group for r in batch]
                 try:
-                    result = await self._commit(broadcast, targeted)
+                    result = await self._commit(rows)
                 except StoreError as exc:
                     self.ok = False
                     self._log.warning("store_write_failed", error=str(exc))
@@ -296,9 +302,9 @@ class GroupCommit:
                 if self._on_commit is not None:
                     self._on_commit(result)
 
-    async def _commit(self, broadcast: list[BroadcastRow], targeted: list[TargetedRow]) -> Upserted:
+    async def _commit(self, rows: list[Row]) -> Upserted:
         try:
             async with self._acquire() as conn, conn.transaction():
-                return await upsert_rows(conn, broadcast, targeted, origin=self._origin)
+                return await upsert_rows(conn, rows, origin=self._origin)
         except DB_ERRORS as exc:
             raise StoreError(f"PostgreSQL write failed: {exc}") from exc
