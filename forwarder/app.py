@@ -10,23 +10,23 @@ then the rest is cancelled; everything unsent stays in the store.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import secrets
 import signal
 import socket
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import structlog
-from aiohttp import web
 
 from forwarder import __version__
 from forwarder.clock import Clock, SystemClock
 from forwarder.config import (
+    IngestSettings,
     ListenAddress,
+    MetricsSettings,
     ProviderSettings,
     Settings,
     parse_listen,
@@ -36,10 +36,12 @@ from forwarder.config import (
 from forwarder.dispatcher import Dispatcher
 from forwarder.errors import ConfigError, StoreError
 from forwarder.ingest import IngestApi
+from forwarder.okta.dpop import DPoP
 from forwarder.okta.events import RiskEventsSender
 from forwarder.okta.keys import KeyFileError, SigningKey, load_signing_key
 from forwarder.okta.tokens import TokenSource
 from forwarder.ratelimit import CallBudget, CallLog
+from forwarder.serving import ConnectionLimits, serve
 from forwarder.signals import RiskLevel, format_ms
 from forwarder.store import StoreBackend, open_store
 from forwarder.telemetry import BudgetView, Metrics, drain_estimate_s, health_app
@@ -70,20 +72,18 @@ def _bind(address: ListenAddress) -> socket.socket:
     return sock
 
 
+def _limits(section: IngestSettings | MetricsSettings) -> ConnectionLimits:
+    return ConnectionLimits(
+        header_timeout_s=section.header_timeout_s,
+        body_timeout_s=section.body_timeout_s,
+        keepalive_timeout_s=section.keepalive_timeout_s,
+        max_connections=section.max_connections,
+    )
+
+
 def _url(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-@contextlib.asynccontextmanager
-async def _serve(app: web.Application, sock: socket.socket) -> AsyncIterator[None]:
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
-    await runner.setup()
-    try:
-        await web.SockSite(runner, sock).start()
-        yield
-    finally:
-        await runner.cleanup()
 
 
 class Daemon:
@@ -108,14 +108,23 @@ class Daemon:
 
     # -- composition -----------------------------------------------------------------
 
-    def _keys(self) -> dict[str, SigningKey]:
-        keys: dict[str, SigningKey] = {}
+    def _keys(self) -> dict[str, tuple[SigningKey, SigningKey | None]]:
+        """Each provider's assertion key and DPoP key (None: made when first needed)."""
+        keys: dict[str, tuple[SigningKey, SigningKey | None]] = {}
         problems = []
         for p in self.settings.providers:
             try:
-                keys[p.name] = load_signing_key(resolve_path(self.base, p.private_key_file))
+                key = load_signing_key(resolve_path(self.base, p.private_key_file))
             except KeyFileError as exc:
                 problems.append(f"providers[{p.name}].private_key_file: {exc}")
+                continue
+            dpop_key = None
+            if p.dpop_key_file:
+                try:
+                    dpop_key = load_signing_key(resolve_path(self.base, p.dpop_key_file))
+                except KeyFileError as exc:
+                    problems.append(f"providers[{p.name}].dpop_key_file: {exc}")
+            keys[p.name] = (key, dpop_key)
         if problems:
             raise ConfigError(problems)
         return keys
@@ -132,7 +141,7 @@ class Daemon:
     async def _dispatcher(
         self,
         p: ProviderSettings,
-        key: SigningKey,
+        keys: tuple[SigningKey, SigningKey | None],
         store: StoreBackend,
         session: aiohttp.ClientSession,
         calls: CallLog | None = None,
@@ -142,6 +151,8 @@ class Daemon:
         call_key = p.name if calls is store else app_key(p)
         since_ms = int((self.clock.time() - p.window_s - 5) * 1000)
         history = [at_ms / 1000 for at_ms in await calls.recent_calls(call_key, since_ms)]
+        key, dpop_key = keys
+        dpop = None if p.dpop == "never" else DPoP(mode=p.dpop, clock=self.clock, key=dpop_key)
         tokens = TokenSource(
             session=session,
             org_url=p.org_url,
@@ -150,6 +161,7 @@ class Daemon:
             clock=self.clock,
             timeout_s=p.timeout_s,
             observer=self.metrics.token_observer(p.name),
+            dpop=dpop,
         )
         sender = RiskEventsSender(
             session=session,
@@ -215,8 +227,8 @@ class Daemon:
             self.metrics.attach(self, capacity=s.store.max_pending, max_age_s=s.dispatch.max_age_s)
             await self.refresh()
             async with (
-                _serve(self._ingest.app(), ingest_sock),
-                _serve(health_app(self.metrics, self.readiness), metrics_sock),
+                serve(self._ingest.app(), ingest_sock, _limits(s.ingest)),
+                serve(health_app(self.metrics, self.readiness), metrics_sock, _limits(s.metrics)),
             ):
                 self.ingest_url = _url(ingest_sock)
                 self.metrics_url = _url(metrics_sock)
@@ -258,7 +270,7 @@ class Daemon:
         self,
         stop: asyncio.Event,
         store: StoreBackend,
-        keys: Mapping[str, SigningKey],
+        keys: Mapping[str, tuple[SigningKey, SigningKey | None]],
         session: aiohttp.ClientSession,
     ) -> None:
         """Several replicas on PostgreSQL: dispatch only the providers this one owns.

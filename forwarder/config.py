@@ -9,6 +9,7 @@ Validation follows Okta's troubleshooting advice and names every problem at once
 from __future__ import annotations
 
 import ipaddress
+import json
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,7 +26,13 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from forwarder.errors import ConfigError
 
@@ -69,22 +76,38 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+_DEFAULT_PORTS = {"https": 443, "http": 80}
+
+
 def validate_org_url(value: str, field: str = "org_url") -> str:
-    """Okta org URL rules: https (http only on loopback), no ``-admin`` host, no trailing /."""
+    """Okta org URL rules: https (http only on loopback), no ``-admin`` host, no path.
+
+    Returns the canonical form every consumer uses (token ``aud``, events and admin
+    URLs, duplicate detection): scheme and host lower-case, the default port dropped,
+    no trailing ``/``. ``https://ACME.okta.com:443/`` becomes ``https://acme.okta.com``.
+    """
     _no_padding(value, field)
     parts = urlsplit(value)
+    scheme = parts.scheme.lower()
     host = parts.hostname or ""
-    if parts.scheme not in ("https", "http") or not host:
+    if scheme not in _DEFAULT_PORTS or not host:
         raise ValueError(f"{field} must be an https:// URL such as https://acme.okta.com")
-    if parts.scheme == "http" and not is_loopback_host(host):
+    if scheme == "http" and not is_loopback_host(host):
         raise ValueError(f"{field} must use https:// (plain http is only for loopback sandboxes)")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{field} has an invalid port, e.g. https://{host}:8443") from None
+    suffix = f":{port}" if port is not None and port != _DEFAULT_PORTS[scheme] else ""
     first = host.split(".")[0]
     if first.endswith("-admin"):
-        fixed = value.replace(f"{first}.", f"{first[: -len('-admin')]}.", 1).rstrip("/")
+        fixed = f"{scheme}://{first[: -len('-admin')]}{host[len(first) :]}{suffix}"
         raise ValueError(f"{field} is the Admin Console URL; use the org URL instead ({fixed})")
     if parts.query or parts.fragment or parts.path.strip("/"):
         raise ValueError(f"{field} must be the bare org URL, without a path, e.g. https://{host}")
-    return value.rstrip("/")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"{field} must not carry a user name or password, e.g. https://{host}")
+    return f"{scheme}://{f'[{host}]' if ':' in host else host}{suffix}"
 
 
 def validate_client_id(value: str, field: str = "client_id") -> str:
@@ -132,7 +155,16 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class IngestSettings(_Section):
+class _ServerSection(_Section):
+    """Bounds on slow and numerous clients of one listener (forwarder.serving)."""
+
+    header_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
+    body_timeout_s: Annotated[float, Field(gt=0, le=300)] = 30.0
+    keepalive_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    max_connections: Annotated[int, Field(ge=1, le=100_000)] = 1000
+
+
+class IngestSettings(_ServerSection):
     """The detector API."""
 
     listen: Listen = "127.0.0.1:8080"
@@ -191,10 +223,11 @@ class StoreSettings(_Section):
         return self
 
 
-class MetricsSettings(_Section):
+class MetricsSettings(_ServerSection):
     """The side port: /metrics, /healthz, /readyz."""
 
     listen: Listen = "127.0.0.1:9464"
+    max_connections: Annotated[int, Field(ge=1, le=100_000)] = 100
 
 
 class LogSettings(_Section):
@@ -227,6 +260,10 @@ class ProviderSettings(_Section):
     max_events_per_call: Annotated[int, Field(ge=1, le=20)] = 20
     max_subjects_per_event: Annotated[int, Field(ge=1, le=50)] = 50
     timeout_s: Annotated[float, Field(gt=0, le=300)] = 30.0
+    #: DPoP (RFC 9449): "auto" uses it once the app requires it, "always" from the start.
+    dpop: Literal["auto", "always", "never"] = "auto"
+    #: The DPoP proof key (not the assertion key); empty: an EC P-256 key made at start.
+    dpop_key_file: str = ""
 
     @field_validator("org_url")
     @classmethod
@@ -245,6 +282,31 @@ class ProviderSettings(_Section):
         if not v:
             raise ValueError("private_key_file is required (a private JWK or PEM file)")
         return v
+
+
+class _EnvSource(EnvSettingsSource):
+    """Environment variables; a value that is not JSON where JSON is due is a ConfigError.
+
+    pydantic-settings raises ``SettingsError`` with the decoder's traceback; the operator
+    needs the variable's name instead, and never its value (it may hold secrets).
+    """
+
+    def prepare_field_value(
+        self, field_name: str, field: FieldInfo, value: Any, value_is_complex: bool
+    ) -> Any:
+        try:
+            return super().prepare_field_value(field_name, field, value, value_is_complex)
+        except ValueError as exc:
+            var = f"{self.env_prefix}{field_name}".upper()
+            if value is None:  # it came from FORWARDER_<FIELD>__<KEY> variables
+                var = f"a {var}{self.env_nested_delimiter}* variable"
+            reason = f": {exc.msg}" if isinstance(exc, json.JSONDecodeError) else ""
+            raise ConfigError(
+                [
+                    f"{var} is not valid JSON{reason} (value not shown; it may hold "
+                    f"secrets); config/forwarder.toml shows the keys of {field_name}"
+                ]
+            ) from None
 
 
 class Settings(BaseSettings):
@@ -274,7 +336,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Environment beats the file (passed as init kwargs); no .env or secrets dir magic.
-        return (env_settings, init_settings)
+        return (_EnvSource(settings_cls), init_settings)
 
 
 def _where(loc: tuple[int | str, ...], data: Mapping[str, Any]) -> str:
@@ -338,16 +400,22 @@ def load_settings(path: Path | None, *, check_files: bool = True) -> tuple[Setti
     names = [p.name for p in settings.providers]
     for name in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"providers: the name {name!r} is used more than once")
-    apps: dict[tuple[str, str], str] = {}
+    # Okta's client ids identify one service app, whatever URL spells its org: the same
+    # id twice means one budget (3 calls a minute) spent by two dispatchers.
+    apps: dict[str, ProviderSettings] = {}
     for provider in settings.providers:
-        app = (provider.org_url, provider.client_id)
-        if app in apps and apps[app] != provider.name:
+        first = apps.setdefault(provider.client_id, provider)
+        if first is not provider and first.name != provider.name:
+            where = (
+                f"at {provider.org_url}"
+                if first.org_url == provider.org_url
+                else f"at {first.org_url} and {provider.org_url}"
+            )
             problems.append(
-                f"providers[{provider.name}] and providers[{apps[app]}] are the same service "
-                f"app ({provider.client_id} at {provider.org_url}): Okta's 3 calls per minute "
+                f"providers[{provider.name}] and providers[{first.name}] are the same service "
+                f"app (client_id {provider.client_id} {where}): Okta's 3 calls per minute "
                 "belong to it once, so two entries would overspend it; keep one"
             )
-        apps.setdefault(app, provider.name)
     if not settings.providers:
         problems.append("providers: at least one [[providers]] entry is required")
     listen = parse_listen(settings.ingest.listen)
@@ -386,6 +454,8 @@ def _check_files(settings: Settings, base: Path, listen: ListenAddress) -> list[
             load_signing_key(_resolve(base, provider.private_key_file))
         except KeyFileError as exc:
             problems.append(f"providers[{provider.name}].private_key_file: {exc}")
+        if provider.dpop_key_file:
+            problems.extend(_check_dpop_key(provider, base))
     return problems
 
 
@@ -402,6 +472,23 @@ def store_dsn(store: StoreSettings, base: Path) -> str:
         return read_dsn_file(_resolve(base, store.dsn_file))
     except ValueError as exc:
         raise ConfigError([str(exc)]) from None
+
+
+def _check_dpop_key(provider: ProviderSettings, base: Path) -> list[str]:
+    from forwarder.okta.keys import KeyFileError, load_signing_key  # noqa: PLC0415
+
+    where = f"providers[{provider.name}].dpop_key_file"
+    try:
+        dpop_key = load_signing_key(_resolve(base, provider.dpop_key_file))
+    except KeyFileError as exc:
+        return [f"{where}: {exc}"]
+    try:
+        assertion_key = load_signing_key(_resolve(base, provider.private_key_file))
+    except KeyFileError:
+        return []  # reported as private_key_file's problem
+    if dpop_key.key.thumbprint() == assertion_key.key.thumbprint():
+        return [f"{where}: is the client-assertion key; DPoP needs a separate key"]
+    return []
 
 
 def resolve_path(base: Path, value: str) -> Path:

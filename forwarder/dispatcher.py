@@ -222,7 +222,10 @@ class Dispatcher:
                 continue
             if self._work_since is None:
                 self._work_since = now
-            hold = self._budget_at() - now
+            # Seconds, each part on its own clock: a wall time computed a moment after
+            # ``now`` would always lie in its future, and the loop would spin on
+            # microsecond waits instead of calling (1,000 providers: most of the CPU).
+            hold = max(self.budget.wait_s(), self._not_before - now)
             if hold > 0:
                 await self._wait(hold, stop)
                 continue
@@ -428,6 +431,9 @@ class Dispatcher:
                 hint="another client may be spending this provider's budget",
             )
             self._retry_note("rate_limited", str(exc), subjects)
+            return
+        if exc.retry_now:
+            self._retry_note("auth", str(exc), subjects)
             return
         if exc.shrink:
             self._call_limit = max(1, subjects // 2)

@@ -10,7 +10,8 @@
      │    └── InvalidCredentials  Okta refused the key, client id, scope or org (operator acts)
      ├── SendError                an events call did not get a 202
      │    ├── RetryableSendError  keep the batch, try again at ``retry_at``
-     │    └── PermanentSendError  Okta rejected the payload; the batch is dead-lettered
+     │    └── PermanentSendError  Okta rejected the payload; what it names (or the batch) is
+     │                            dead-lettered
      └── AdminApiError            an Okta admin call (provisioning) was refused
 
 Retryability is a type: the dispatcher catches ``SendError`` in one place and
@@ -93,8 +94,12 @@ class RetryableSendError(SendError):
         retry_at: float | None = None,
         drop_token: bool = False,
         shrink: bool = False,
+        retry_now: bool = False,
     ) -> None:
         self.retry_at = retry_at
+        #: The receiver asked for the same call again with something it just sent (a
+        #: fresh nonce): retry at once, within the budget, without backing off.
+        self.retry_now = retry_now
         self.drop_token = drop_token
         #: The receiver refused the size of the request: send fewer signals per call.
         self.shrink = shrink

@@ -184,8 +184,13 @@ def _parse_providers(value: object, known: Collection[str]) -> tuple[str, ...]:
         raise ValueError("must be a provider name or a non-empty list of names")
     unknown = sorted({n for n in names if n not in known})
     if unknown:
+        # Names only what the request sent (at most a few): with 1,000 orgs configured,
+        # listing them would make every such answer huge and show callers every customer.
+        shown = ", ".join(repr(n[:64]) for n in unknown[:5])
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
         raise ValueError(
-            f"unknown provider {', '.join(unknown)}; configured: {', '.join(sorted(known))}"
+            f"unknown provider {shown}{more}; {len(known)} providers are configured"
+            " (`forwarder status` lists them)"
         )
     return tuple(dict.fromkeys(names))
 
@@ -312,14 +317,17 @@ def refusal_reason(signal: Signal, now_ms: int, *, max_age_ms: int = 86_400_000)
     timestamp and expiry would be (``dead-letters requeue`` uses this to keep back what
     ingest would refuse). The answer lists each problem as ``field: why``.
     """
-    item: dict[str, Any] = {
-        "ip": signal.ip,
-        "riskLevel": signal.risk.name,
-        "message": signal.message,
-        "timestamp": format_ms(signal.ts_ms),
-    }
-    if signal.expires_ms is not None:
-        item["expiresAt"] = format_ms(signal.expires_ms)
+    try:
+        item: dict[str, Any] = {
+            "ip": signal.ip,
+            "riskLevel": signal.risk.name,
+            "message": signal.message,
+            "timestamp": format_ms(signal.ts_ms),
+        }
+        if signal.expires_ms is not None:
+            item["expiresAt"] = format_ms(signal.expires_ms)
+    except (ValueError, OverflowError, OSError):
+        return "timestamp: not a time ingest can express (a damaged row?)"
     _, problems = parse_items([item], now_ms=now_ms, providers=(), max_age_ms=max_age_ms)
     if not problems:
         return None

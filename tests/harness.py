@@ -49,13 +49,19 @@ class Harness:
         grant: bool = True,
         configure: bool = True,
         org: tuple[SandboxOrg, str] | None = None,
+        dpop_app: bool = False,
         **overrides: Any,
     ) -> str:
-        """Register a service app in the sandbox and a provider in the config; return client id."""
+        """Register a service app in the sandbox and a provider in the config; return client id.
+
+        ``dpop_app``: the app requires DPoP (``dpop_bound_access_tokens``).
+        """
         sandbox, org_url = org or (self.org, self.org_url)
         key = key or generate_signing_key("RS256")
         registered = registered_key or key
-        client_id = sandbox.register_client(name, {"keys": [registered.public_jwk()]})
+        client_id = sandbox.register_client(
+            name, {"keys": [registered.public_jwk()]}, dpop=dpop_app
+        )
         if grant:
             sandbox.grant(client_id)
         if configure:

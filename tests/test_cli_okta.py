@@ -254,6 +254,13 @@ async def test_a_trailing_slash_is_dropped_with_a_note(org: Org) -> None:
     assert f"dropped the trailing '/'; using {org.url}" in result.stderr
 
 
+async def test_an_upper_case_org_url_is_used_in_canonical_form(org: Org) -> None:
+    """`HTTP://127.0.0.1:PORT` is canonicalised by the config's validator, with a note."""
+    result = await org.okta("providers", "list", org=org.url.upper())
+    assert result.code == 0, result.output
+    assert f"using {org.url} (scheme and host lower-case" in result.stderr
+
+
 async def test_without_an_api_token_the_command_says_where_to_put_one(org: Org) -> None:
     """No --api-token-file and no environment variable: exit 2 naming both."""
     result = await run_cli("okta", "providers", "list", "--org", org.url)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -112,6 +115,63 @@ def test_same_app_twice_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_settings(path)
     assert any("are the same service app" in p for p in err.value.problems)
+
+
+@pytest.mark.parametrize(
+    ("raw", "canonical"),
+    [
+        ("https://ACME.Okta.com", "https://acme.okta.com"),
+        ("HTTPS://acme.okta.com:443/", "https://acme.okta.com"),
+        ("https://acme.okta.com:8443", "https://acme.okta.com:8443"),
+        ("http://LOCALHOST:80", "http://localhost"),
+        ("http://[::1]:8900/", "http://[::1]:8900"),
+    ],
+)
+def test_org_url_is_canonical(tmp_path: Path, raw: str, canonical: str) -> None:
+    """org_url is stored lower-case, without the default port or a trailing /."""
+    body = GOOD.replace("https://acme.okta.com/", raw)
+    settings, _ = load_settings(_write(tmp_path, body))
+    assert settings.providers[0].org_url == canonical
+
+
+@pytest.mark.parametrize(
+    "other_url",
+    ["https://ACME.okta.com", "https://acme.okta.com:443", "https://other.okta.com"],
+)
+def test_same_client_id_twice_is_refused_whatever_the_url(tmp_path: Path, other_url: str) -> None:
+    """One client_id under two providers is one app, so an error naming both."""
+    path = _write(tmp_path, GOOD)
+    second = GOOD.replace('"acme"', '"acme2"').replace("https://acme.okta.com/", other_url)
+    path.write_text(
+        path.read_text() + "\n[[providers]]\n" + second + '\nprivate_key_file = "k.json"\n'
+    )
+    with pytest.raises(ConfigError) as err:
+        load_settings(path)
+    same = [p for p in err.value.problems if "are the same service app" in p]
+    assert len(same) == 1, err.value.problems
+    assert "providers[acme2]" in same[0]
+    assert "providers[acme]" in same[0]
+
+
+@pytest.mark.parametrize("var", ["FORWARDER_PROVIDERS", "FORWARDER_DISPATCH", "FORWARDER_INGEST"])
+def test_malformed_env_json_is_a_config_error_without_its_value(var: str) -> None:
+    """Broken JSON in a FORWARDER_<SECTION> variable: exit 2 naming it, value not echoed."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FORWARDER_")}
+    env[var] = '[{"name": "x", "client_secret": "s3cr3t-value"'
+    result = subprocess.run(
+        [sys.executable, "-m", "forwarder", "config", "check", "--config", "config/forwarder.toml"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=30,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert f"{var} is not valid JSON" in result.stderr
+    assert "s3cr3t" not in output
+    assert "Traceback" not in output
 
 
 @pytest.mark.parametrize(

@@ -191,3 +191,45 @@ async def test_no_call_starts_after_stop_when_prepare_returns(tmp_path: Path) ->
 async def test_no_call_starts_after_stop_when_send_needed_a_token(tmp_path: Path) -> None:
     """Stopped while the sender fetched a token after the lease: no call, batch released."""
     await _stop_during_token_request(tmp_path, gate_in_send=True)
+
+
+class MovingClock(FakeClock):
+    """A fake clock whose wall time has moved a little each time it is read, as a real
+    one has between two reads (the monotonic one moves only when time is advanced)."""
+
+    def time(self) -> float:
+        self.step_wall(1e-6)
+        return super().time()
+
+
+async def test_a_ready_call_goes_without_spinning_on_a_moving_clock(tmp_path: Path) -> None:
+    """Budget free, call full: it is made at once, not after a loop of microsecond waits."""
+    clock = MovingClock()
+    sender = FakeSender(clock, max_signals_per_call=3)
+    sleeps: list[float] = []
+    real_sleep = clock.sleep
+
+    async def counting_sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        await real_sleep(seconds)
+
+    clock.sleep = counting_sleep  # type: ignore[method-assign]
+    async with SqliteStore(tmp_path / "f.db") as store:
+        dispatcher = Dispatcher(
+            provider="p",
+            store=store,
+            sender=sender,
+            budget=CallBudget(calls=3, window_s=60, clock=clock),
+            calls=store,
+            clock=clock,
+        )
+        await store.add([(["p"], sig(i)) for i in range(3)])
+        stop = asyncio.Event()
+        task = asyncio.create_task(dispatcher.run(stop))
+        try:
+            await clock.run_until(lambda: sender.batches != [], real_timeout=5)
+        finally:
+            stop.set()
+            await task
+    assert [len(b) for b in sender.batches] == [3]
+    assert [s for s in sleeps if s < 0.001] == []

@@ -15,7 +15,10 @@ from typing import Any
 
 import aiohttp
 import pytest
+import structlog
 
+from forwarder.clock import FakeClock
+from forwarder.okta.dpop import DPoP
 from forwarder.okta.keys import generate_signing_key, private_jwk_json
 from forwarder.ratelimit import max_calls_in_window
 from forwarder.sandbox import SandboxOrg, serve
@@ -370,6 +373,29 @@ async def test_metrics_match_what_okta_accepted(h: Harness) -> None:
     assert (await h.get("/healthz"))[0] == 200
 
 
+async def test_calls_carry_each_ip_once_when_expired_rows_are_skipped(h: Harness) -> None:
+    """A backlog with expired rows between fresh ones: no IP twice in a call, and
+    subjects_sent counts exactly what Okta accepted."""
+    cid = h.add_provider("acme")
+    daemon = await h.start()
+    assert daemon.store is not None
+    now = int(h.clock.time() * 1000)
+    rows = []
+    for i, ip in enumerate(ips(2000)):
+        # Ascending timestamps, every other row already expired: lease order alternates.
+        exp = now - 1 if i % 2 else None
+        rows.append((["acme"], Signal(ip, RiskLevel.MEDIUM, "", now - 5000 + i, exp, now)))
+    await daemon.store.add(rows)
+    await h.until(lambda: daemon.store is not None and daemon.store.pending_total() == 0)
+    for call in h.org.accepted:
+        assert len(call.ips) == len(set(call.ips))
+    assert sorted(h.delivered(cid)) == sorted(ips(2000)[::2])
+    sent = daemon.metrics.registry.get_sample_value(
+        "forwarder_subjects_sent_total", {"provider": "acme", "risk_level": "MEDIUM"}
+    )
+    assert sent == 1000
+
+
 async def test_logs_never_contain_secrets(tmp_path: Path) -> None:
     """Tokens, assertions, key material and ingest tokens never reach the logs."""
     log = io.StringIO()
@@ -380,6 +406,13 @@ async def test_logs_never_contain_secrets(tmp_path: Path) -> None:
         key = generate_signing_key("RS256")
         cid = h.add_provider("acme", key=key)
         h.add_provider("bad", registered_key=generate_signing_key("ES256"))
+        # A DPoP-required app, with resource nonces: proofs, DPoP tokens and nonces too.
+        dpop_key = generate_signing_key("ES256")
+        (tmp_path / "dpop.jwk.json").write_text(private_jwk_json(dpop_key))
+        dpop_cid = h.add_provider(
+            "strict", dpop_app=True, dpop="always", dpop_key_file=str(tmp_path / "dpop.jwk.json")
+        )
+        h.org.dpop.resource_nonce = True
         daemon = await h.start(ingest={"tokens_file": str(tmp_path / "tokens")})
         async with aiohttp.ClientSession() as s:
             for auth in (f"Bearer {ingest_token}", "Bearer wrong-token"):
@@ -400,8 +433,12 @@ async def test_logs_never_contain_secrets(tmp_path: Path) -> None:
             ) as resp:
                 assert resp.status == 202
         await h.until(lambda: len(h.delivered(cid)) >= 10)
+        await h.until(lambda: len(h.delivered(dpop_cid)) >= 10)
         issued = h.org.issued_tokens()
+        nonce = h.org.dpop.nonce
     text = log.getvalue()
+    assert "dpop_required_by_app" not in text  # "always": no detour
+    assert nonce not in text
     assert "batch_delivered" in text
     assert "provider_failing" in text
     assert len(issued) >= 2
@@ -413,3 +450,22 @@ async def test_logs_never_contain_secrets(tmp_path: Path) -> None:
         value = re.search(rf'"{field}": "([^"]+)"', private)
         assert value is not None
         assert value.group(1)[:24] not in text
+    dpop_private = re.search(r'"d": "([^"]+)"', private_jwk_json(dpop_key))
+    assert dpop_private is not None
+    assert dpop_private.group(1)[:24] not in text
+
+
+def test_dpop_headers_and_proofs_are_redacted_wherever_they_are_logged() -> None:
+    """A DPoP Authorization value, a proof (a JWT) and a dpop=/proof= field are masked."""
+    log = io.StringIO()
+    configure_logging("debug", "json", stream=log)
+    proof = DPoP(mode="always", clock=FakeClock()).proof(
+        method="POST", url="https://acme.okta.com/oauth2/v1/token", server="token"
+    )
+    structlog.get_logger("t").warning(
+        "x", error=f"Authorization: DPoP abcdefgh12345678 DPoP: {proof}", dpop=proof, proof=proof
+    )
+    text = log.getvalue()
+    assert "abcdefgh12345678" not in text
+    assert proof.split(".")[2][:16] not in text
+    assert "eyJ" not in text

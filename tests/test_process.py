@@ -210,3 +210,42 @@ def test_demo_delivers_everything_and_exits_0(tmp_path: Path) -> None:
     assert "result               OK" in out
     assert "IPs delivered        2,020 of 2,020" in out
     assert "0 rate-limited" in out
+
+
+async def test_broken_bodies_and_requests_log_only_json_lines(
+    daemon_env: tuple[str, str, Path],
+) -> None:
+    """Corrupt codings and malformed HTTP get JSON 4xx; the daemon writes only JSON lines."""
+    _, _, config = daemon_env
+    ingest, metrics = urls(config)
+    host, port = ingest.removeprefix("http://").split(":")
+    proc = Proc(config.parent / "daemon.log", "run", "--config", str(config))
+    statuses = []
+    try:
+        await wait_ready(metrics, proc)
+        async with aiohttp.ClientSession(auto_decompress=False) as session:
+            for coding in ("gzip", "deflate", "br", "zstd", "gzip, br", "bogus"):
+                async with session.post(
+                    f"{ingest}/v1/signals",
+                    data=b"\x1f\x8b\x08\x00 definitely not compressed",
+                    headers={"Content-Type": "application/json", "Content-Encoding": coding},
+                ) as resp:
+                    assert resp.content_type == "application/json"
+                    assert set(await resp.json()) == {"error", "details"}
+                    statuses.append(resp.status)
+        for raw in (b"NOT HTTP AT ALL\r\n\r\n", b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n"):
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(raw)
+            answer = await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+            assert b"application/json" in answer.partition(b"\r\n\r\n")[0]
+        proc.popen.send_signal(signal.SIGTERM)
+        assert proc.popen.wait(timeout=15) == 0
+    finally:
+        proc.stop()
+    assert statuses == [400, 400, 415, 415, 415, 415]
+    lines = [line for line in proc.output.splitlines() if line.strip()]
+    assert lines
+    for line in lines:
+        assert isinstance(json.loads(line), dict), line
+    assert "Traceback" not in proc.output

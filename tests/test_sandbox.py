@@ -842,7 +842,12 @@ async def test_faults_endpoint_applies_faults(sb: Sandbox) -> None:
         "POST", "/_sandbox/faults", {"events": [502], "tokens": [500], "revoke_tokens": True}
     )
     assert reply.status == 200
-    assert reply.json() == {"events": [502], "tokens": [500], "events_delay_s": 0.0}
+    assert reply.json() == {
+        "events": [502],
+        "tokens": [500],
+        "events_delay_s": 0.0,
+        "dpop_resource_nonce": False,
+    }
     assert (await sb.send([event()], token=token)).status == 401
     assert (await sb.token_reply()).status == 500
 

@@ -3,23 +3,24 @@
 A batch lands in the dead-letter table when Okta answers 400/422 (it rejected the
 payload). ``list`` shows the signals with Okta's causes. Once the cause is fixed,
 ``requeue`` posts them back to the running daemon's ingest API (keeping each signal's
-timestamp, expiry and provider) and removes the rows the daemon accepted; signals the
-ingest API refuses now (too old, expired) stay in the table and are reported.
+timestamp, expiry and provider) and removes exactly the rows the daemon accepted, even
+when a later chunk fails; signals ingest would refuse now (too old, expired, an address
+ingest no longer takes) are not sent: they stay in the table and are reported.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
 from forwarder.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, config_path, run_sync
-from forwarder.signals import format_ms
+from forwarder.signals import format_ms, refusal_reason
 from forwarder.store import DeadLetter, StoreReader
 
 __all__ = ["register"]
@@ -104,35 +105,89 @@ def _item(row: DeadLetter) -> dict[str, Any]:
     return item
 
 
-async def _requeue(
-    rows: Sequence[DeadLetter], url: str, token: str | None
-) -> tuple[list[int], list[tuple[int, str]]]:
-    """Post rows to ingest; return (ids accepted, (id, why) refused)."""
-    accepted: list[int] = []
-    refused: list[tuple[int, str]] = []
+@dataclass
+class _Requeue:
+    """What a requeue did: every row ends in exactly one of the three lists."""
+
+    accepted: list[int] = field(default_factory=list)
+    #: (id, why): ingest refuses them now (checked here first, or answered 400).
+    refused: list[tuple[int, str]] = field(default_factory=list)
+    #: Not sent, or sent without a 202, after ``error`` stopped the run.
+    unsent: list[int] = field(default_factory=list)
+    error: str = ""
+
+
+def _precheck(rows: Sequence[DeadLetter], max_age_s: float, out: _Requeue) -> list[DeadLetter]:
+    """Rows whose content ingest accepts today; the others go to ``out.refused``, unsent.
+
+    A signal Okta rejected for a reason ingest now checks (e.g. a non-ASCII IP stored
+    by an older version) would otherwise come back and sink another whole call. The
+    content is judged as if the signal arrived at its own timestamp: its age is the
+    daemon's to judge, by the daemon's clock, and a stale one gets a 400 and is kept.
+    """
+    keep = []
+    for row in rows:
+        at = row.signal.ts_ms
+        why = refusal_reason(row.signal, at, max_age_ms=int(max_age_s * 1000))
+        if why is None:
+            keep.append(row)
+        else:
+            out.refused.append((row.id, why))
+    return keep
+
+
+async def _requeue(rows: Sequence[DeadLetter], url: str, token: str | None, out: _Requeue) -> None:
+    """Post rows to ingest a chunk at a time, recording each row's fate in ``out``.
+
+    Stops at the first answer that is neither 202 nor a 400 naming items (503, a
+    network error, ...): what was accepted before it stays accepted, the rest unsent.
+    """
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     async with aiohttp.ClientSession(headers=headers) as session:
         for start in range(0, len(rows), _CHUNK):
             chunk = list(rows[start : start + _CHUNK])
-            while chunk:
-                async with session.post(
-                    f"{url}/v1/signals", json=[_item(r) for r in chunk]
-                ) as resp:
-                    body = await resp.json(content_type=None)
-                    status = resp.status
-                if status == 202:
-                    accepted.extend(r.id for r in chunk)
-                    break
-                if status != 400 or not isinstance(body, dict):
-                    raise RuntimeError(f"ingest answered {status}: {body}")
-                # Nothing of a 400 request is stored: drop the refused items and retry.
-                bad = {d["index"]: d for d in body.get("details", []) if d.get("index", -1) >= 0}
-                if not bad:
-                    raise RuntimeError(f"ingest answered 400: {body}")
-                for index, detail in sorted(bad.items()):
-                    refused.append((chunk[index].id, f"{detail['field']}: {detail['message']}"))
-                chunk = [r for i, r in enumerate(chunk) if i not in bad]
-    return accepted, refused
+            try:
+                await _post_chunk(session, url, chunk, out)
+            except (aiohttp.ClientError, OSError, TimeoutError, RuntimeError) as exc:
+                out.error = str(exc) or type(exc).__name__
+                sent = set(out.accepted) | {rid for rid, _ in out.refused}
+                out.unsent = [r.id for r in rows if r.id not in sent]
+                return
+
+
+async def _post_chunk(
+    session: aiohttp.ClientSession, url: str, chunk: list[DeadLetter], out: _Requeue
+) -> None:
+    while chunk:
+        async with session.post(f"{url}/v1/signals", json=[_item(r) for r in chunk]) as resp:
+            status = resp.status
+            try:
+                body = await resp.json(content_type=None)
+            except ValueError:
+                body = None
+        if status == 202:
+            out.accepted.extend(r.id for r in chunk)
+            return
+        if status != 400 or not isinstance(body, dict):
+            raise RuntimeError(f"ingest answered {status}: {_brief(body)}")
+        # Nothing of a 400 request is stored: drop the refused items and send the rest
+        # (a 400 names at most 100 problems, so a chunk may take a few rounds).
+        bad = {
+            d["index"]: d
+            for d in body.get("details", [])
+            if isinstance(d, dict) and isinstance(d.get("index"), int) and d["index"] >= 0
+        }
+        if not bad:
+            raise RuntimeError(f"ingest answered 400: {_brief(body)}")
+        for index, detail in sorted(bad.items()):
+            out.refused.append((chunk[index].id, f"{detail['field']}: {detail['message']}"))
+        chunk = [r for i, r in enumerate(chunk) if i not in bad]
+
+
+def _brief(body: object) -> str:
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        return str(body["error"])[:200]
+    return str(body)[:200]
 
 
 def _cmd_requeue(args: argparse.Namespace) -> int:
@@ -158,23 +213,39 @@ def _cmd_requeue(args: argparse.Namespace) -> int:
         )
         token = tokens[0] if tokens else None
     url = args.ingest_url or _ingest_url(settings.ingest.listen)
-    try:
-        accepted, refused = asyncio.run(_requeue(rows, url, token))
-    except (aiohttp.ClientError, OSError, RuntimeError) as exc:
-        print(
-            f"requeue failed; nothing was removed: {exc} (is the daemon running?)", file=sys.stderr
-        )
-        return EXIT_FAILED
-    removed = run_sync(store.delete_dead_letters(accepted))
+    out = _Requeue()
+    sendable = _precheck(rows, settings.dispatch.max_age_s, out)
+    run_sync(_requeue(sendable, url, token, out))
+    # Whatever the daemon accepted is its now: remove exactly that, even after a failure,
+    # so a second run never sends it twice.
+    removed = run_sync(store.delete_dead_letters(out.accepted))
+    left = len(out.refused) + len(out.unsent)
     if args.json:
         print(
-            json.dumps({"requeued": removed, "refused": [{"id": i, "why": w} for i, w in refused]})
+            json.dumps(
+                {
+                    "requeued": removed,
+                    "refused": [{"id": i, "why": w} for i, w in out.refused],
+                    "unsent": out.unsent,
+                    "error": out.error or None,
+                    "left": left,
+                }
+            )
         )
     else:
-        print(f"requeued {removed} signal(s) through {url}; the daemon sends them in its budget")
-        for rid, why in refused:
-            print(f"  kept #{rid}: ingest refused it ({why})")
-    return EXIT_OK if not refused else EXIT_FAILED
+        print(
+            f"requeued {removed} signal(s) through {url} and removed them from the dead-letter "
+            f"table; the daemon sends them in its budget; {left} left in the table"
+        )
+        for rid, why in out.refused:
+            print(f"  kept #{rid}: ingest refuses it ({why})")
+        if out.unsent:
+            print(
+                f"  kept {len(out.unsent)} not requeued: {out.error} (is the daemon running? "
+                "run requeue again to send them)",
+                file=sys.stderr,
+            )
+    return EXIT_OK if not left else EXIT_FAILED
 
 
 def register(sub: Any) -> None:

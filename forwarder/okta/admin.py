@@ -8,9 +8,11 @@ from ``X-Rate-Limit-Reset`` measured against the answer's ``Date`` (risk-api.md 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlencode, urlsplit
 
 import aiohttp
 
@@ -18,7 +20,18 @@ from forwarder.errors import AdminApiError
 from forwarder.okta.events import parse_rate_headers
 from forwarder.okta.tokens import RISK_EVENTS_SCOPE
 
-__all__ = ["AdminClient", "okta_error_hint"]
+__all__ = ["AdminClient", "next_link", "okta_error_hint"]
+
+_LINK = re.compile(r'<([^>]*)>\s*;\s*rel="?([^";]+)"?')
+
+
+def next_link(value: str) -> str | None:
+    """The ``rel="next"`` URL of a ``Link`` header, if any."""
+    for match in _LINK.finditer(value):
+        if match.group(2).strip() == "next":
+            return match.group(1)
+    return None
+
 
 _HINTS = {
     "E0000007": "not found: check the client id / provider id and that the org URL is right",
@@ -81,12 +94,18 @@ class AdminClient:
         return f"AdminClient(org_url={self.org_url!r})"
 
     async def _call(self, method: str, path: str, body: object | None = None) -> Any:
+        payload, _ = await self._request(method, f"{self.org_url}{path}", body)
+        return payload
+
+    async def _request(
+        self, method: str, url: str, body: object | None = None
+    ) -> tuple[Any, Mapping[str, str]]:
+        path = url.removeprefix(self.org_url)
         headers = {"Authorization": self._auth, "Accept": "application/json"}
         data = None
         if body is not None:
             headers["Content-Type"] = "application/json"
             data = json.dumps(body)
-        url = f"{self.org_url}{path}"
         try:
             async with self._session.request(
                 method,
@@ -131,11 +150,39 @@ class AdminClient:
                 body=payload,
                 hint=hint,
             )
-        return payload
+        return payload, answer_headers
 
-    async def create_service_app(self, name: str, public_jwk: dict[str, Any]) -> dict[str, Any]:
-        """``POST /oauth2/v1/clients``: a service app authenticating with private_key_jwt."""
-        body = {
+    async def logs_page(
+        self, *, params: Mapping[str, str] | None = None, next_url: str | None = None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of ``GET /api/v1/logs`` and its ``rel="next"`` link (None: last page).
+
+        ``next_url`` (a previous page's link) must point at this org: the API token is
+        never sent anywhere else.
+        """
+        if next_url is not None:
+            if urlsplit(next_url)[:2] != urlsplit(self.org_url)[:2]:
+                raise AdminApiError(
+                    f"the System Log's next link points outside {self.org_url}: {next_url}",
+                    status=0,
+                    hint="a proxy may be rewriting Link headers; the API token was not sent",
+                )
+            url = next_url
+        else:
+            url = f"{self.org_url}/api/v1/logs?{urlencode(dict(params or {}))}"
+        payload, headers = await self._request("GET", url)
+        events = [e for e in payload if isinstance(e, dict)] if isinstance(payload, list) else []
+        return events, next_link(headers.get("Link", ""))
+
+    async def create_service_app(
+        self, name: str, public_jwk: dict[str, Any], *, dpop: bool = False
+    ) -> dict[str, Any]:
+        """``POST /oauth2/v1/clients``: a service app authenticating with private_key_jwt.
+
+        ``dpop``: the app requires DPoP (``dpop_bound_access_tokens: true``, the Admin
+        Console's "Require Demonstrating Proof of Possession (DPoP) header").
+        """
+        body: dict[str, Any] = {
             "client_name": name,
             "application_type": "service",
             "grant_types": ["client_credentials"],
@@ -143,6 +190,8 @@ class AdminClient:
             "token_endpoint_auth_method": "private_key_jwt",
             "jwks": {"keys": [public_jwk]},
         }
+        if dpop:
+            body["dpop_bound_access_tokens"] = True
         result: dict[str, Any] = await self._call("POST", "/oauth2/v1/clients", body)
         return result
 

@@ -3,8 +3,16 @@
 Outcomes (risk-api.md §5-§6): 202 accepted; 429 keep the batch and wait until
 ``X-Rate-Limit-Reset`` (measured against ``Date``); 401 the token is dropped and the
 batch retried once with a new one; 5xx, timeouts and connection errors are retried with
-backoff; 400 is Okta rejecting the payload (dead letter with ``errorCauses``); 403 and
-404 mean this provider cannot send at all until an operator acts.
+backoff; 400 is Okta rejecting the payload: the subjects its ``errorCauses`` name
+(``events[i].subjects[j]...``) are traced back to their signals and only those are
+dead-lettered, or the whole batch when a cause names none; 403 and 404 mean this
+provider cannot send at all until an operator acts.
+
+With a DPoP-bound token (risk-api.md §9) each call carries ``Authorization: DPoP`` and a
+new proof (``ath`` binds it to the token). A nonce challenge (401 ``WWW-Authenticate:
+DPoP error="use_dpop_nonce"`` with ``DPoP-Nonce``) is answered with one retry, which the
+dispatcher makes through its budget like any call (``retry_now``); a refused proof or a
+token of the wrong kind stops the provider with a hint naming the cause.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import aiohttp
 from forwarder.clock import Clock
 from forwarder.delivery import Delivery, ServerWindow
 from forwarder.errors import InvalidCredentials, PermanentSendError, RetryableSendError
+from forwarder.okta.dpop import DPoP, dpop_error_hint, resource_challenge
 from forwarder.okta.payload import group_subjects, risk_events
 from forwarder.okta.tokens import RISK_EVENTS_SCOPE, TokenSource
 from forwarder.signals import Signal
@@ -26,6 +35,8 @@ from forwarder.signals import Signal
 __all__ = ["EVENTS_PATH", "RiskEventsSender", "parse_rate_headers", "rejected_subjects"]
 
 EVENTS_PATH = "/api/v1/risk/events/ip"
+#: Nonce challenges answered in a row before the provider is declared failing.
+_MAX_CHALLENGES = 2
 #: The longest wait any X-Rate-Limit-Reset may impose (Okta's windows are a minute).
 MAX_RESET_WAIT_S = 3600.0
 
@@ -148,6 +159,8 @@ class RiskEventsSender:
         self._max_events = max_events
         self._max_subjects = max_subjects
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        #: Nonce challenges in a row (a retry answered with yet another challenge).
+        self._challenges = 0
 
     async def prepare(self) -> None:
         """Have a valid access token before a batch is leased (so the token request's
@@ -162,17 +175,26 @@ class RiskEventsSender:
             signals, max_events=self._max_events, max_subjects=self._max_subjects
         )
         body = json.dumps(risk_events(groups), separators=(",", ":"))
-        token = await self._tokens.get()  # may raise AuthError before any call is spent
+        # May raise AuthError before any call is spent.
+        access = await self._tokens.token()
+        token = access.value
+        dpop = self._tokens.dpop if access.dpop_bound else None
+        request_headers = {
+            "Authorization": f"{access.token_type} {token}",
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+        }
+        if dpop is not None:
+            # A new proof per request, bound to this token (ath) and URL (risk-api.md §9).
+            request_headers["DPoP"] = dpop.proof(
+                method="POST", url=self.url, server="resource", access_token=token
+            )
         await spend()
         try:
             async with self._session.post(
                 self.url,
                 data=body,
-                headers={
-                    "Authorization": f"Bearer {token}",
-                    "Content-Type": "application/json",
-                    "Accept": "application/json",
-                },
+                headers=request_headers,
                 timeout=self._timeout,
                 allow_redirects=False,
             ) as resp:
@@ -187,12 +209,18 @@ class RiskEventsSender:
         except aiohttp.ClientError as exc:
             raise RetryableSendError(f"{self.url}: {exc}", outcome="server_error") from None
         window = parse_rate_headers(headers, local_now=self._clock.time())
+        challenges, self._challenges = self._challenges, 0
+        new_nonce = dpop is not None and dpop.remember_nonce("resource", headers)
         if status == 202:
             return Delivery(subjects=len(signals), window=window)
         try:
             payload: object = json.loads(text) if text else None
         except ValueError:
             payload = None
+        if status in (400, 401):
+            self._dpop_refusal(
+                status, headers, payload, token, dpop, new_nonce=new_nonce, challenges=challenges
+            )
         if status == 429:
             retry_at = (
                 self._clock.time() + window.reset_in_s
@@ -292,6 +320,66 @@ class RiskEventsSender:
                 outcome="client_error",
             ),
             window,
+        )
+
+    def _dpop_refusal(
+        self,
+        status: int,
+        headers: Mapping[str, str],
+        payload: object,
+        token: str,
+        dpop: DPoP | None,
+        *,
+        new_nonce: bool,
+        challenges: int,
+    ) -> None:
+        """Raise for an answer about DPoP (a nonce challenge, a refused proof, a token of
+        the wrong kind); return for any other 400/401."""
+        challenge = resource_challenge(headers)
+        body = payload if isinstance(payload, dict) else {}
+        error = challenge.get("error") or str(body.get("error", ""))
+        description = challenge.get("error_description") or str(body.get("error_description", ""))
+        if dpop is not None and error == "use_dpop_nonce":
+            # One retry per new nonce; a nonce we already sent, or challenges without end
+            # (a proxy dropping the header), stop the provider instead of spending calls.
+            if new_nonce and challenges < _MAX_CHALLENGES:
+                self._challenges = challenges + 1
+                raise RetryableSendError(
+                    "Okta asked for a DPoP nonce (401 use_dpop_nonce); sending again with it",
+                    outcome="auth_error",
+                    retry_now=True,
+                )
+            raise InvalidCredentials(
+                "Okta keeps asking for a new DPoP nonce on the events call",
+                error="use_dpop_nonce",
+                hint="a proxy may be stripping the DPoP-Nonce header or the DPoP header",
+            )
+        if dpop is not None and error == "invalid_dpop_proof":
+            raise InvalidCredentials(
+                f"Okta refused the DPoP proof of the events call ({description})",
+                error="invalid_dpop_proof",
+                hint=dpop_error_hint(description, where=self.url),
+            )
+        text = description.lower()
+        if "dpop" not in text:
+            return
+        self._tokens.invalidate(token)
+        if "not dpop bound" in text or "not dpop-bound" in text:
+            raise InvalidCredentials(
+                f"Okta refused the events call ({status} {error}: {description})",
+                error="not_dpop_bound",
+                hint=(
+                    "the token is not DPoP-bound though it was sent as DPoP: the app may have "
+                    'stopped requiring DPoP; set dpop = "auto" for this provider'
+                ),
+            )
+        raise InvalidCredentials(
+            f"Okta refused the events call ({status} {error}: {description})",
+            error="dpop_required",
+            hint=(
+                'the events API wants a DPoP-bound token and proof: set dpop = "auto" or '
+                '"always" for this provider'
+            ),
         )
 
 

@@ -189,6 +189,8 @@ def parse_client_metadata(body: Any) -> tuple[dict[str, Any], dict[str, JoseKey]
         raise _metadata_error(
             "jwks_uri: not supported by the sandbox; send the keys inline as jwks."
         )
+    if not isinstance(body.get("dpop_bound_access_tokens", False), bool):
+        raise _metadata_error("dpop_bound_access_tokens: must be true or false.")
     try:
         keys = parse_public_jwks(body.get("jwks"))
     except ValueError as exc:

@@ -85,10 +85,18 @@ class ApiError(Exception):
 class OAuthError(Exception):
     """An OAuth endpoint failure rendered as ``{"error", "error_description"}``."""
 
-    def __init__(self, status: int, error: str, description: str) -> None:
+    def __init__(
+        self,
+        status: int,
+        error: str,
+        description: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         self.status = status
         self.error = error
         self.description = description
+        self.headers = dict(headers or {})
         super().__init__(f"{status} {error}: {description}")
 
     def body(self) -> dict[str, str]:

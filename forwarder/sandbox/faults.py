@@ -104,21 +104,36 @@ class FaultRequest:
         tokens: list[int],
         events_delay_s: float | None,
         revoke: bool | str,
+        dpop_nonce: str | None = None,
+        dpop_resource_nonce: bool | None = None,
     ) -> None:
         self.events = events
         self.tokens = tokens
         self.events_delay_s = events_delay_s
         self.revoke = revoke
+        #: ``"rotate"``: the org's DPoP nonce changes now (the old one stops working).
+        self.dpop_nonce = dpop_nonce
+        #: Whether the events endpoint demands the DPoP nonce too.
+        self.dpop_resource_nonce = dpop_resource_nonce
 
 
 def parse_fault_request(body: Any) -> FaultRequest:
-    """Validate ``{"events", "tokens", "events_delay_s", "revoke_tokens"}`` (all optional).
+    """Validate ``{"events", "tokens", "events_delay_s", "revoke_tokens", "dpop_nonce",
+    "dpop_resource_nonce"}`` (all optional).
 
-    ``revoke_tokens`` is ``true`` (all tokens) or a client_id. 400 E0000001 lists every problem.
+    ``revoke_tokens`` is ``true`` (all tokens) or a client_id; ``dpop_nonce`` is
+    ``"rotate"``; ``dpop_resource_nonce`` a boolean. 400 E0000001 lists every problem.
     """
     if not isinstance(body, dict):
         raise validation_failed(["body: must be an object"])
-    allowed = ("events", "tokens", "events_delay_s", "revoke_tokens")
+    allowed = (
+        "events",
+        "tokens",
+        "events_delay_s",
+        "revoke_tokens",
+        "dpop_nonce",
+        "dpop_resource_nonce",
+    )
     causes = [f"{key[:64]}: unknown property" for key in body if key not in allowed]
     lists: dict[str, list[int]] = {}
     for name in ("events", "tokens"):
@@ -141,6 +156,12 @@ def parse_fault_request(body: Any) -> FaultRequest:
     revoke = body.get("revoke_tokens", False)
     if not isinstance(revoke, bool | str):
         causes.append("revoke_tokens: must be true/false or a client_id")
+    nonce = body.get("dpop_nonce")
+    if nonce not in (None, "rotate"):
+        causes.append('dpop_nonce: must be "rotate"')
+    resource_nonce = body.get("dpop_resource_nonce")
+    if resource_nonce is not None and not isinstance(resource_nonce, bool):
+        causes.append("dpop_resource_nonce: must be true or false")
     if causes:
         raise validation_failed(causes)
     return FaultRequest(
@@ -148,4 +169,6 @@ def parse_fault_request(body: Any) -> FaultRequest:
         tokens=lists["tokens"],
         events_delay_s=None if delay is None else float(delay),
         revoke=revoke,
+        dpop_nonce=nonce,
+        dpop_resource_nonce=resource_nonce,
     )

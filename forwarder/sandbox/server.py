@@ -146,6 +146,7 @@ async def _token(request: web.Request) -> web.StreamResponse:
         body=await _read_body(request),
         token_url=f"{_origin(request)}/oauth2/v1/token",
         other_credentials="Authorization" in request.headers,
+        dpop_proofs=request.headers.getall("DPoP", []),
     )
     return _render(answer)
 
@@ -157,6 +158,8 @@ async def _events(request: web.Request) -> web.StreamResponse:
         content_type=request.content_type,
         body=await _read_body(request),
         origin=_origin(request),
+        dpop_proofs=request.headers.getall("DPoP", []),
+        client_ip=request.remote or "127.0.0.1",
     )
     if org.events_delay_s > 0:
         # Injected slowness: real time, because it stands for the network, not the org.
@@ -215,6 +218,13 @@ async def _delete_provider(request: web.Request) -> web.StreamResponse:
     return web.Response(status=204)
 
 
+async def _logs(request: web.Request) -> web.StreamResponse:
+    org = _admin(request, "okta.logs.read")
+    params = dict(request.query.items())
+    events, link = org.query_logs(params, url=f"{_origin(request)}{request.path}")
+    return web.json_response(events, headers={"Link": link})
+
+
 # ---------------------------------------------------------------------- sandbox inspection
 
 
@@ -259,6 +269,7 @@ def build_app(org: SandboxOrg) -> web.Application:
     app.router.add_get("/api/v1/risk/providers/{riskProviderId}", _get_provider)
     app.router.add_put("/api/v1/risk/providers/{riskProviderId}", _replace_provider)
     app.router.add_delete("/api/v1/risk/providers/{riskProviderId}", _delete_provider)
+    app.router.add_get("/api/v1/logs", _logs)
     app.router.add_get("/_sandbox/accepted", _sandbox_accepted)
     app.router.add_get("/_sandbox/calls", _sandbox_calls)
     app.router.add_get("/_sandbox/tokens", _sandbox_tokens)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hmac
 import secrets
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from forwarder.clock import Clock
@@ -47,6 +47,7 @@ from forwarder.sandbox.resources import (
     parse_grant_body,
     parse_provider_body,
 )
+from forwarder.sandbox.syslog import SystemLog
 from forwarder.sandbox.tokens import AuthorizationServer, claimed_client, parse_token_form
 from forwarder.sandbox.validation import parse_json, validate_risk_events
 from forwarder.sandbox.window import SlidingWindow
@@ -114,6 +115,10 @@ class SandboxOrg:
         self._grants: dict[str, dict[str, Grant]] = {}
         self._providers: dict[str, Provider] = {}
         self._auth_server = AuthorizationServer(lifetime_s=token_lifetime_s)
+        #: DPoP proofs, nonces and the jti of every proof seen (``dpop.seen_jtis``).
+        self.dpop = self._auth_server.dpop
+        #: ``GET /api/v1/logs``: a ``security.risk.signal.consume`` per accepted call.
+        self.system_log = SystemLog()
         self._windows: dict[str, SlidingWindow] = {}
         self._anonymous = SlidingWindow(limit=calls_per_minute, window_s=window_s)
         self._event_faults: deque[int] = deque()
@@ -145,6 +150,7 @@ class SandboxOrg:
                 "client_name": c.name,
                 "application_type": c.metadata.get("application_type"),
                 "token_endpoint_auth_method": c.metadata.get("token_endpoint_auth_method"),
+                "dpop_bound_access_tokens": c.metadata.get("dpop_bound_access_tokens", False),
                 "kids": sorted(c.keys),
                 "scopes": sorted(self._grants.get(c.client_id, {})),
             }
@@ -189,6 +195,7 @@ class SandboxOrg:
             "events": list(self._event_faults),
             "tokens": list(self._token_faults),
             "events_delay_s": self.events_delay_s,
+            "dpop_resource_nonce": self.dpop.resource_nonce,
         }
 
     def apply_faults(self, body: Any) -> dict[str, Any]:
@@ -198,6 +205,10 @@ class SandboxOrg:
         self.fail_tokens(*request.tokens)
         if request.events_delay_s is not None:
             self.events_delay_s = request.events_delay_s
+        if request.dpop_nonce == "rotate":
+            self.dpop.rotate()
+        if request.dpop_resource_nonce is not None:
+            self.dpop.resource_nonce = request.dpop_resource_nonce
         if request.revoke is True:
             self.revoke_tokens()
         elif isinstance(request.revoke, str):
@@ -206,12 +217,14 @@ class SandboxOrg:
 
     # ------------------------------------------------------------------ clients and grants
 
-    def register_client(self, name: str, jwks: dict[str, Any]) -> str:
+    def register_client(self, name: str, jwks: dict[str, Any], *, dpop: bool = False) -> str:
         """Register a service app with ``private_key_jwt`` and these public keys; its client_id.
+
+        ``dpop``: the app requires DPoP (``dpop_bound_access_tokens``).
 
         Raises ``ValueError`` when Okta would refuse the registration (e.g. a private key).
         """
-        metadata = {
+        metadata: dict[str, Any] = {
             "client_name": name,
             "application_type": "service",
             "grant_types": ["client_credentials"],
@@ -219,6 +232,8 @@ class SandboxOrg:
             "token_endpoint_auth_method": "private_key_jwt",
             "jwks": jwks,
         }
+        if dpop:
+            metadata["dpop_bound_access_tokens"] = True
         try:
             return str(self.create_client(metadata)["client_id"])
         except OAuthError as exc:
@@ -392,6 +407,7 @@ class SandboxOrg:
         body: bytes | None,
         token_url: str,
         other_credentials: bool = False,
+        dpop_proofs: Sequence[str] = (),
     ) -> Answer:
         """``POST /oauth2/v1/token`` (client credentials + ``private_key_jwt``); recorded.
 
@@ -415,18 +431,26 @@ class SandboxOrg:
                 token_url=token_url,
                 other_credentials=other_credentials,
                 now=now,
+                dpop_proofs=dpop_proofs,
             )
         except OAuthError as exc:
             record = TokenRecord(now, claimed_client(params), exc.status, exc.error)
             self.token_requests.append(record)
-            return Answer(exc.status, exc.body(), dict(NO_STORE))
+            return Answer(exc.status, exc.body(), {**NO_STORE, **exc.headers})
         self.token_requests.append(TokenRecord(now, client_id, 200, None))
         return Answer(200, token, dict(NO_STORE))
 
     # ------------------------------------------------------------------ events endpoint
 
     def receive_events(
-        self, *, authorization: str | None, content_type: str, body: bytes | None, origin: str
+        self,
+        *,
+        authorization: str | None,
+        content_type: str,
+        body: bytes | None,
+        origin: str,
+        dpop_proofs: Sequence[str] = (),
+        client_ip: str = "127.0.0.1",
     ) -> Answer:
         """``POST /api/v1/risk/events/ip``; recorded in :attr:`event_calls`.
 
@@ -434,7 +458,11 @@ class SandboxOrg:
         ``X-Rate-Limit-*`` headers (risk-api.md §5).
         """
         now = self.clock.time()
-        answer, client_id = self._events_answer(authorization, content_type, body, origin, now)
+        answer, client_id = self._events_answer(
+            authorization, content_type, body, origin, now, list(dpop_proofs)
+        )
+        if answer.status == 202 and client_id is not None:
+            self._log_consumed(client_id, client_ip, now)
         self.event_calls.append(CallRecord(now, client_id, answer.status))
         return answer
 
@@ -446,6 +474,22 @@ class SandboxOrg:
             return Answer(error.status, None, {**headers, **error.headers})
         return _api_answer(error, headers)
 
+    def _log_consumed(self, client_id: str, client_ip: str, now: float) -> None:
+        call = self.accepted[-1]
+        provider = self._providers.get(call.provider_id)
+        # Action "none": Okta ignores the provider's signals (nothing in the System Log).
+        if provider is None or provider.action == "none":
+            return
+        client = self._clients.get(client_id)
+        self.system_log.consume(
+            now=now,
+            client_id=client_id,
+            client_name=client.name if client else client_id,
+            provider={"id": provider.id, "name": provider.name, "action": provider.action},
+            subjects=len(call.ips),
+            ip_address=client_ip,
+        )
+
     def _events_answer(
         self,
         authorization: str | None,
@@ -453,9 +497,10 @@ class SandboxOrg:
         body: bytes | None,
         origin: str,
         now: float,
+        dpop_proofs: list[str],
     ) -> tuple[Answer, str | None]:
         scheme, credential = _split_authorization(authorization)
-        token = self._auth_server.lookup(credential, now) if scheme == "bearer" else None
+        token = self._auth_server.lookup(credential, now) if scheme in ("bearer", "dpop") else None
         if token is None:
             if scheme == "ssws" and self._is_api_token(credential):
                 cause = "An API token names no risk provider; send events with an access token"
@@ -487,6 +532,13 @@ class SandboxOrg:
         headers = window.headers(now)
         if not allowed:
             return _api_answer(rate_limited(), headers), client_id
+        url = f"{origin}{EVENTS_PATH}"
+        refusal = self.dpop.resource_refusal(
+            scheme, token.jkt, credential, dpop_proofs, url=url, now=now
+        )
+        if refusal is not None:
+            refusal.headers.update(headers)
+            return refusal, client_id
         if body is None:
             cause = "body: the request body is too large"
             too_large = ApiError(413, "E0000001", "Api validation failed: body", [cause])
@@ -504,3 +556,9 @@ class SandboxOrg:
             return _api_answer(validation_failed(causes), headers), client_id
         self.accepted.append(AcceptedCall(now, client_id, provider.id, parsed))
         return Answer(202, None, headers), client_id
+
+    # ------------------------------------------------------------------ System Log
+
+    def query_logs(self, params: Mapping[str, str], *, url: str) -> tuple[list[Any], str]:
+        """``GET /api/v1/logs``: a page of LogEvents and the ``Link`` header."""
+        return self.system_log.query(params, now=self.clock.time(), url=url)

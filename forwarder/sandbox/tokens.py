@@ -15,6 +15,7 @@ from typing import Any
 
 from forwarder.sandbox.assertion import JtiCache, claimed_subject, verify_client_assertion
 from forwarder.sandbox.clients import RegisteredClient
+from forwarder.sandbox.dpop import DPoPError, DPoPVerifier
 from forwarder.sandbox.errors import OAuthError
 from forwarder.sandbox.resources import KNOWN_SCOPES
 
@@ -32,6 +33,8 @@ class IssuedToken:
     client_id: str
     scopes: frozenset[str]
     expires_at: float
+    #: ``cnf.jkt``: the thumbprint of the DPoP key the token is bound to (None: Bearer).
+    jkt: str | None = None
 
 
 def claimed_client(params: Mapping[str, Sequence[str]]) -> str | None:
@@ -80,6 +83,8 @@ class AuthorizationServer:
         self.lifetime_s = lifetime_s
         self._tokens: dict[str, IssuedToken] = {}
         self._jtis = JtiCache()
+        #: DPoP proofs and the nonce, for apps with ``dpop_bound_access_tokens``.
+        self.dpop = DPoPVerifier()
         #: Every access token ever issued, in order (for tests that hunt leaked secrets).
         self.issued: list[str] = []
 
@@ -111,6 +116,7 @@ class AuthorizationServer:
         token_url: str,
         other_credentials: bool,
         now: float,
+        dpop_proofs: Sequence[str] = (),
     ) -> tuple[str, dict[str, Any]]:
         """``(client_id, token response)`` or :class:`OAuthError` with Okta's status.
 
@@ -157,20 +163,40 @@ class AuthorizationServer:
                 "invalid_client",
                 "Client credentials with private_key_jwt are only allowed for service apps.",
             )
+        jkt = self._check_dpop(client, list(dpop_proofs), token_url, now)
         scopes = self._check_scopes(_single(params, "scope"), granted.get(client.client_id, {}))
         # Expired tokens are forgotten here so the table stays small.
         self._tokens = {v: t for v, t in self._tokens.items() if t.expires_at > now}
         access_token = secrets.token_urlsafe(48)
         self.issued.append(access_token)
         self._tokens[access_token] = IssuedToken(
-            client.client_id, frozenset(scopes), now + self.lifetime_s
+            client.client_id, frozenset(scopes), now + self.lifetime_s, jkt
         )
         return client.client_id, {
-            "token_type": "Bearer",
+            "token_type": "Bearer" if jkt is None else "DPoP",
             "expires_in": self.lifetime_s,
             "access_token": access_token,
             "scope": " ".join(scopes),
         }
+
+    def _check_dpop(
+        self, client: RegisteredClient, proofs: list[str], token_url: str, now: float
+    ) -> str | None:
+        """The thumbprint to bind the token to; None for an app without DPoP.
+
+        An app that does not require DPoP ignores a proof and issues a Bearer token
+        (RFC 9449 §5: a server that does not bind tokens ignores the header).
+        """
+        if client.metadata.get("dpop_bound_access_tokens") is not True:
+            return None
+        try:
+            verified = self.dpop.verify(
+                proofs, method="POST", url=token_url, now=now, nonce_required=True
+            )
+        except DPoPError as exc:
+            headers = {"DPoP-Nonce": exc.nonce} if exc.nonce else {}
+            raise OAuthError(400, exc.error, exc.description, headers=headers) from None
+        return verified.jkt
 
     @staticmethod
     def _check_scopes(scope: str | None, granted: Mapping[str, object]) -> list[str]:

@@ -22,6 +22,8 @@ _SECRET_KEYS = frozenset(
         "assertion",
         "client_assertion",
         "authorization",
+        "dpop",
+        "proof",
         "api_token",
         "password",
         "dsn",
@@ -74,15 +76,27 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
         if use_console
         else structlog.processors.JSONRenderer(sort_keys=False)
     )
+    shared: list[Any] = [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _redact_processor,
+        structlog.processors.format_exc_info,
+    ]
+    # Libraries log through stdlib logging (aiohttp, asyncio): the same lines, the same
+    # format, the same redaction; never logging's plain-text last-resort handler.
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(logging.getLevelNamesMapping()[level.upper()], logging.WARNING))
+    logging.captureWarnings(True)
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            _redact_processor,
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=[structlog.contextvars.merge_contextvars, *shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),

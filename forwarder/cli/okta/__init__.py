@@ -78,6 +78,12 @@ def register(sub: Any) -> None:
         metavar="FILE",
         help="public JWK (from `forwarder keys generate`), one-key JWKS or PEM public key",
     )
+    app.add_argument(
+        "--dpop",
+        action="store_true",
+        help="require DPoP-bound tokens (dpop_bound_access_tokens); forwarder's default "
+        'dpop = "auto" follows',
+    )
     app.set_defaults(func=_runner("commands", "create_app"))
 
     grant_cmd = okta_sub.add_parser("grant", help="grant okta.riskEvents.manage to the app")
@@ -116,6 +122,24 @@ def register(sub: Any) -> None:
         "--send-test",
         action="store_true",
         help="also send one harmless test event (spends one of the provider's calls)",
+    )
+    check_cmd.add_argument(
+        "--confirm",
+        action="store_true",
+        help="with --send-test: find the event's security.risk.signal.consume in the org's "
+        "System Log (API token with okta.logs.read)",
+    )
+    check_cmd.add_argument(
+        "--confirm-timeout",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="how long --confirm polls the System Log (default %(default)g)",
+    )
+    check_cmd.add_argument(
+        "--api-token-file",
+        metavar="FILE",
+        help=f"for --confirm: file holding the Okta API token (default: ${_API_TOKEN_ENV})",
     )
     check_cmd.set_defaults(func=_runner("check", "check"))
 

@@ -1,8 +1,10 @@
 """``forwarder okta check``: prove each configured provider can get a token (and send).
 
-A token proves the key, the client id, the scope grant and the org URL together; with
-``--send-test`` one harmless event proves the provider is configured too (it spends one
-of the provider's calls for the minute, and says so).
+A token proves the key, the client id, the scope grant and the org URL together (with
+DPoP when the app requires it, and the output says so); with ``--send-test`` one
+harmless event proves the provider is configured too (it spends one of the provider's
+calls for the minute, and says so); ``--confirm`` then finds that event in the org's
+System Log, the last step of Okta's guide.
 """
 
 from __future__ import annotations
@@ -13,13 +15,16 @@ import asyncio
 import aiohttp
 
 from forwarder.cli.common import config_path
+from forwarder.cli.okta.inputs import api_token
 from forwarder.cli.okta.output import Output
 from forwarder.clock import SystemClock
 from forwarder.config import load_settings, resolve_path
+from forwarder.okta.admin import AdminClient
 from forwarder.okta.provision import (
     TEST_EVENT_IP,
     TEST_EVENT_MESSAGE,
     CheckResult,
+    Confirm,
     ProvisionError,
     check_provider,
 )
@@ -52,10 +57,29 @@ async def check(args: argparse.Namespace, out: Output) -> int:
             raise ProvisionError(
                 f"{path} has no provider named {args.provider!r} (it has: {names})"
             )
+    token = None
+    if args.confirm:
+        if not args.send_test:
+            raise ProvisionError("--confirm needs --send-test (it looks for the test event)")
+        if not 0 < args.confirm_timeout <= 3600:
+            raise ProvisionError("--confirm-timeout must be between 0 and 3600 seconds")
+        orgs = sorted({p.org_url for p in providers})
+        if len(orgs) > 1:
+            raise ProvisionError(
+                "--confirm reads one org's System Log with one API token; choose a provider "
+                f"with --provider (these are in {len(orgs)} orgs)",
+                orgs,
+            )
+        token = api_token(args.api_token_file)
     if args.send_test:
         out.say(
             f"sending one test event per provider ({TEST_EVENT_IP} LOW "
             f"{TEST_EVENT_MESSAGE!r}): each spends one of the provider's calls this minute"
+        )
+    if args.confirm:
+        out.say(
+            f"then polling the System Log for security.risk.signal.consume for up to "
+            f"{args.confirm_timeout:g} s"
         )
     clock = SystemClock()
     async with aiohttp.ClientSession() as session:
@@ -70,6 +94,16 @@ async def check(args: argparse.Namespace, out: Output) -> int:
                     clock=clock,
                     timeout_s=p.timeout_s,
                     send_test=args.send_test,
+                    dpop=p.dpop,
+                    dpop_key_file=resolve_path(base, p.dpop_key_file) if p.dpop_key_file else None,
+                    confirm=(
+                        None
+                        if token is None
+                        else Confirm(
+                            AdminClient(session, p.org_url, token),
+                            timeout_s=args.confirm_timeout,
+                        )
+                    ),
                 )
                 for p in providers
             )
@@ -81,5 +115,6 @@ async def check(args: argparse.Namespace, out: Output) -> int:
         ok=all(r.ok for r in results),
         config=str(path),
         test_event=args.send_test,
+        confirm=args.confirm,
         providers=[r.as_dict() for r in results],
     )

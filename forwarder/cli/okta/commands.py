@@ -46,13 +46,17 @@ async def create_app(args: argparse.Namespace, out: Output) -> int:
         out.note(f"{args.public_key} is a private key; registering only its public half")
     token = api_token(args.api_token_file)
     async with aiohttp.ClientSession() as session:
-        app = await AdminClient(session, org_url, token).create_service_app(args.name, jwk)
+        admin = AdminClient(session, org_url, token)
+        app = await admin.create_service_app(args.name, jwk, dpop=args.dpop)
     client_id = str(app.get("client_id"))
+    dpop = app.get("dpop_bound_access_tokens") is True
     out.say(f"created service app {args.name!r} in {org_url}")
     out.say(f"  client_id  {client_id}")
     out.say(f"  key        kid {jwk['kid']} ({jwk['kty']}, private_key_jwt)")
+    if dpop:
+        out.say('  DPoP       required (tokens are DPoP-bound; keep dpop = "auto" or "always")')
     out.say(f"next: forwarder okta grant --org {org_url} --client-id {client_id}")
-    return out.finish(client_id=client_id, client_name=args.name, kid=jwk["kid"])
+    return out.finish(client_id=client_id, client_name=args.name, kid=jwk["kid"], dpop=dpop)
 
 
 async def grant(args: argparse.Namespace, out: Output) -> int:

@@ -21,13 +21,16 @@ _QUOTES = "\"'`\u201c\u201d\u2018\u2019"
 
 
 def org_arg(value: str, flag: str = "--org") -> tuple[str, str | None]:
-    """The org URL and, when it had to be normalised (a trailing ``/``), a note saying so."""
+    """The canonical org URL and, when it differs from ``value``, a note saying so."""
     try:
         url = validate_org_url(value, flag)
     except ValueError as exc:
         raise ProvisionError(str(exc)) from None
-    note = f"{flag}: dropped the trailing '/'; using {url}" if url != value else None
-    return url, note
+    if url == value:
+        return url, None
+    if url == value.rstrip("/"):
+        return url, f"{flag}: dropped the trailing '/'; using {url}"
+    return url, f"{flag}: using {url} (scheme and host lower-case, no default port)"
 
 
 def client_id_arg(value: str, flag: str = "--client-id") -> str:

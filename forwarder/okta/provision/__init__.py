@@ -7,7 +7,9 @@ The steps of Okta's guide (risk-api.md §7):
 2. a service app registered with the public JWK (``private_key_jwt``);
 3. the ``okta.riskEvents.manage`` scope granted to it (an existing grant is success) and
 4. a risk provider pointing at the app (an org holds at most three): :mod:`.org`;
-5. proof: a token fetched with the key, and optionally one harmless test event: :mod:`.check`.
+5. proof: a token fetched with the key (DPoP when the app requires it), and optionally one
+   harmless test event: :mod:`.check`; then its ``security.risk.signal.consume`` in the
+   System Log: :mod:`.confirm`.
 
 No printing here: functions return results, and raise :class:`ProvisionError` for an
 input the operator must change or :class:`~forwarder.errors.AdminApiError` when the org
@@ -21,6 +23,7 @@ from forwarder.okta.provision.check import (
     TEST_EVENT_MESSAGE,
     CheckFailed,
     CheckResult,
+    Confirm,
     check_provider,
     connectivity_signal,
 )
@@ -48,6 +51,7 @@ __all__ = [
     "TEST_EVENT_MESSAGE",
     "CheckFailed",
     "CheckResult",
+    "Confirm",
     "GrantResult",
     "KeyPair",
     "ProviderChange",

@@ -215,6 +215,12 @@ def lease(
                 if kind == BROADCAST:
                     _settle_one(st, provider, level, seq, live=True)
                     settled.add(level)
+                    other = db.execute(_T_ONE, (provider, ip)).fetchone() if has_targeted else None
+                    if other is not None and not _beats(
+                        other[1], other[0], other[2], ts_ms, level, seq
+                    ):
+                        # It had superseded this provider's own older entry: both are gone.
+                        db.execute(_T_DELETE, (provider, ip, other[2]))
                 else:
                     db.execute(_T_DELETE, (provider, ip, seq))
                 continue
