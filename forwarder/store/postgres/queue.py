@@ -242,6 +242,12 @@ async def lease(
                 if kind == BROADCAST:
                     q.done.add((level, seq))
                     settled.add(level)
+                    other = await conn.fetchrow(_T_ONE, provider, ip) if has_targeted else None
+                    if other is not None and not _beats(
+                        other["ts_ms"], other["risk"], other["seq"], ts_ms, level, seq
+                    ):
+                        # It had superseded this provider's own older entry: both are gone.
+                        await _delete_targeted(conn, provider, ip, other["seq"])
                 else:
                     await _delete_targeted(conn, provider, ip, seq)
                 continue
