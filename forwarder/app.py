@@ -25,6 +25,7 @@ import signal
 import socket
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import structlog
@@ -50,7 +51,7 @@ from forwarder.okta.dpop import DPoP
 from forwarder.okta.events import RiskEventsSender
 from forwarder.okta.keys import KeyCache, KeyFileError, SigningKey
 from forwarder.okta.tokens import TokenSource
-from forwarder.ratelimit import CallBudget
+from forwarder.ratelimit import CallBudget, CallLog
 from forwarder.serving import ConnectionLimits, serve
 from forwarder.store import StoreBackend, open_store
 from forwarder.supervisor import Supervisor
@@ -61,6 +62,11 @@ from forwarder.telemetry import (
 from forwarder.view import DaemonView
 
 __all__ = ["Daemon", "run_until_signalled"]
+
+
+def store_where(store: object) -> str:
+    """What to show of the store in logs (a DSN never: its redacted form)."""
+    return str(getattr(store, "where", type(store).__name__))
 
 
 def _bind(address: ListenAddress) -> socket.socket:
@@ -113,6 +119,10 @@ class Daemon:
         self.store: StoreBackend | None = None
         self.keys = keys or KeyCache()
         self._supervisor: Supervisor | None = None
+        #: With several replicas (PostgreSQL): the dispatchers of the providers this
+        #: replica owns now, kept by :mod:`forwarder.replicas`.
+        self.owned: dict[str, Dispatcher] | None = None
+        self.coordinator: Any = None
         self._session: aiohttp.ClientSession | None = None
         self._ingest: IngestApi | None = None
         #: What telemetry reads (``/readyz``, scrape-time gauges).
@@ -129,6 +139,8 @@ class Daemon:
     @property
     def dispatchers(self) -> Mapping[str, Dispatcher]:
         """The running dispatchers by provider name."""
+        if self.owned is not None:
+            return self.owned
         return self._supervisor.running if self._supervisor else {}
 
     # -- composition -----------------------------------------------------------------
@@ -168,22 +180,25 @@ class Daemon:
         except OSError as exc:
             raise ConfigError([f"ingest.tokens_file: cannot read {path}: {exc.strerror}"]) from None
 
-    async def _dispatcher(
+    async def build_dispatcher(
         self,
         p: ProviderSettings,
         keys: tuple[SigningKey, SigningKey | None],
         previous: Dispatcher | None = None,
+        calls: CallLog | None = None,
     ) -> Dispatcher:
         assert self.store is not None
         assert self._session is not None
         store, session = self.store, self._session
+        calls = calls or store
         d = self.settings.dispatch
         since_ms = int((self.clock.time() - p.window_s - 5) * 1000)
         # The budget belongs to the Okta app, so the call log is keyed by it: a renamed or
         # changed provider keeps its window. Calls logged under the name (stores written
         # before the log was keyed by app) count too: that can only make us more careful.
-        logged = await store.recent_calls(app_key(p), since_ms)
-        logged += await store.recent_calls(p.name, since_ms)
+        logged = await calls.recent_calls(app_key(p), since_ms)
+        if calls is store:
+            logged += await store.recent_calls(p.name, since_ms)
         history = sorted(at_ms / 1000 for at_ms in logged)
         key, dpop_key = keys
         dpop = None if p.dpop == "never" else DPoP(mode=p.dpop, clock=self.clock, key=dpop_key)
@@ -221,7 +236,7 @@ class Daemon:
             store=store,
             sender=sender,
             budget=budget,
-            calls=store,
+            calls=calls,
             clock=self.clock,
             linger_s=d.linger_s,
             max_age_s=d.max_age_s,
@@ -278,8 +293,20 @@ class Daemon:
                 self.metrics_url = _url(metrics_sock)
                 self._supervisor = Supervisor(tg)
                 keys = await asyncio.to_thread(self._load_keys, s.providers)
-                for p in s.providers:
-                    await self._supervisor.start(p.name, await self._dispatcher(p, keys[p.name]))
+                replicated: asyncio.Task[None] | None = None
+                if s.store.backend == "postgres":
+                    # Several replicas: each dispatches only the providers it leases.
+                    from forwarder.replicas import dispatch_replicated  # noqa: PLC0415
+
+                    self.owned = {}
+                    replicated = tg.create_task(
+                        dispatch_replicated(self, stop, store, keys), name="replicated"
+                    )
+                else:
+                    for p in s.providers:
+                        await self._supervisor.start(
+                            p.name, await self.build_dispatcher(p, keys[p.name])
+                        )
                 self.metrics.config_loaded(ok=True, at=self.clock.time())
                 await self.view.refresh()
                 self._log.info(
@@ -287,7 +314,7 @@ class Daemon:
                     version=__version__,
                     ingest=self.ingest_url,
                     metrics=self.metrics_url,
-                    store=str(store_path),
+                    store=str(store_path) if s.store.backend == "sqlite" else store_where(store),
                     providers=len(s.providers),
                     first_providers=[p.name for p in s.providers[:20]],
                     pending=store.pending_total(),
@@ -299,7 +326,10 @@ class Daemon:
                 self._ingest.accepting = False
                 grace = self.settings.dispatch.shutdown_grace_s
                 self._log.info("forwarder_draining", grace_s=grace)
-                await self._supervisor.shutdown(grace)
+                if replicated is not None:
+                    await replicated
+                else:
+                    await self._supervisor.shutdown(grace)
             await self.view.close()
             self._log.info("forwarder_stopped", pending=store.pending_total())
 
@@ -325,6 +355,15 @@ class Daemon:
         async with self._reload_lock:
             if self.config_path is None:
                 self._log.warning("config_reload_skipped", reason="started without a config file")
+                return False
+            if self.owned is not None:
+                # Replicas share providers through leases; a reload must reach them all.
+                self._log.error(
+                    "config_reload_failed",
+                    reason="SIGHUP reload is not supported with store.backend = postgres yet",
+                    hint="roll the replicas (kubectl rollout restart) to apply a new config",
+                )
+                self.metrics.config_loaded(ok=False, at=self.clock.time())
                 return False
             try:
                 # Parsing, globbing drop-ins and reading changed key files stay off the loop.
@@ -381,10 +420,10 @@ class Daemon:
 
         async def restart(name: str) -> None:
             previous = await sup.stop(name)
-            await sup.start(name, await self._dispatcher(wanted[name], keys[name], previous))
+            await sup.start(name, await self.build_dispatcher(wanted[name], keys[name], previous))
 
         async def start(name: str) -> None:
-            await sup.start(name, await self._dispatcher(wanted[name], keys[name]))
+            await sup.start(name, await self.build_dispatcher(wanted[name], keys[name]))
 
         def forget(name: str) -> None:
             # Its series go once its last call is counted (unless it was added back).

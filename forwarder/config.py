@@ -29,6 +29,7 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
@@ -58,6 +59,7 @@ __all__ = [
     "parse_listen",
     "read_tokens_file",
     "resolve_path",
+    "store_dsn",
     "validate_client_id",
     "validate_org_url",
 ]
@@ -180,11 +182,54 @@ class IngestSettings(_ServerSection):
 
 
 class StoreSettings(_Section):
-    """Where pending signals live."""
+    """Where pending signals live: one SQLite file, or a PostgreSQL database shared by replicas.
 
-    backend: Literal["sqlite"] = "sqlite"
+    The DSN is a secret: it never appears in a log line, ``/readyz``, ``status`` or an
+    error message (:func:`forwarder.store.postgres.dsn.describe_dsn` is what is shown).
+    """
+
+    backend: Literal["sqlite", "postgres"] = "sqlite"
     path: str = "./data/forwarder.db"
     max_pending: Annotated[int, Field(ge=1)] = 1_000_000
+    #: libpq URI (postgresql://user@host:5432/db); the password from PGPASSWORD/PGPASSFILE.
+    dsn: str = ""
+    #: A file holding the whole DSN (a mounted Secret), instead of ``dsn``.
+    dsn_file: str = ""
+    pool_size: Annotated[int, Field(ge=2, le=100)] = 10
+    #: A replica that stops renewing loses its providers after this long (kill -9, partition).
+    lease_ttl_s: Annotated[float, Field(ge=1, le=300)] = 15.0
+    #: Create and migrate the schema at start (under an advisory lock), or require that
+    #: ``forwarder store migrate`` did it (for operators who migrate as a separate step).
+    migrate_at_start: bool = True
+
+    @field_validator("dsn")
+    @classmethod
+    def _dsn(cls, v: str) -> str:
+        from forwarder.store.postgres.dsn import check_dsn  # noqa: PLC0415
+
+        if v:
+            check_dsn(v, "store.dsn", inline=True)
+        return v
+
+    @field_validator("dsn_file")
+    @classmethod
+    def _dsn_file(cls, v: str) -> str:
+        return _no_padding(v, "store.dsn_file") if v else v
+
+    @model_validator(mode="after")
+    def _backend_needs(self) -> StoreSettings:
+        if self.backend == "postgres":
+            if bool(self.dsn) == bool(self.dsn_file):
+                raise ValueError(
+                    'backend = "postgres" needs exactly one of dsn (a postgresql:// URI, the '
+                    "password in PGPASSWORD or PGPASSFILE) or dsn_file (a file holding the "
+                    "whole DSN, e.g. a mounted Secret)"
+                )
+        elif self.dsn or self.dsn_file:
+            raise ValueError(
+                'dsn and dsn_file are for backend = "postgres"; set backend or remove them'
+            )
+        return self
 
 
 class MetricsSettings(_ServerSection):
@@ -490,6 +535,13 @@ def _check_files(
             f"ingest.tokens_file is required when ingest.listen ({listen}) is not loopback: "
             "detectors must present a bearer token"
         )
+    if settings.store.dsn_file:
+        from forwarder.store.postgres.dsn import read_dsn_file  # noqa: PLC0415
+
+        try:
+            read_dsn_file(_resolve(base, settings.store.dsn_file))
+        except ValueError as exc:
+            problems.append(str(exc))
     users: dict[Path, list[str]] = {}
     for provider in settings.providers:
         users.setdefault(_resolve(base, provider.private_key_file), []).append(provider.name)
@@ -503,6 +555,21 @@ def _check_files(
         if provider.dpop_key_file:
             problems.extend(_check_dpop_key(provider, base, keys))
     return problems
+
+
+def store_dsn(store: StoreSettings, base: Path) -> str:
+    """The PostgreSQL DSN: ``store.dsn``, or what ``store.dsn_file`` holds.
+
+    Raises :class:`ConfigError` (never quoting the DSN) when the file cannot be used.
+    """
+    if store.dsn:
+        return store.dsn
+    from forwarder.store.postgres.dsn import read_dsn_file  # noqa: PLC0415
+
+    try:
+        return read_dsn_file(_resolve(base, store.dsn_file))
+    except ValueError as exc:
+        raise ConfigError([str(exc)]) from None
 
 
 def _check_dpop_key(provider: ProviderSettings, base: Path, keys: KeyCache) -> list[str]:

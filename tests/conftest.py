@@ -7,7 +7,9 @@ import shutil
 
 import pytest
 
-__all__ = ["require_tool"]
+from tests.pg import pg_cluster, pg_dsn
+
+__all__ = ["pg_cluster", "pg_dsn", "require_tool"]
 
 
 def require_tool(name: str) -> str:

@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "forwarder.cli.okta",
     "forwarder.cli.status",
     "forwarder.cli.deadletters",
+    "forwarder.cli.store",
     "forwarder.cli.bench",
 )
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from forwarder.config import StoreSettings, resolve_path
+from forwarder.config import StoreSettings, resolve_path, store_dsn
 from forwarder.errors import ConfigError
 from forwarder.store.base import (
     DeadLetter,
@@ -59,6 +59,18 @@ def open_store(
             max_age_ms=max_age_ms,
             observer=observer,
         )
+    if settings.backend == "postgres":
+        from forwarder.store.postgres.store import PostgresStore  # noqa: PLC0415
+
+        return PostgresStore(
+            store_dsn(settings, base),
+            max_pending=settings.max_pending,
+            providers=providers,
+            max_age_ms=max_age_ms,
+            observer=observer,
+            pool_size=settings.pool_size,
+            migrate_at_start=settings.migrate_at_start,
+        )
     raise ConfigError([f"store.backend: unknown backend {settings.backend!r}"])
 
 
@@ -68,4 +80,8 @@ def open_reader(settings: StoreSettings, *, base: Path) -> StoreReader:
         from forwarder.store.sqlite import SqliteReader  # noqa: PLC0415
 
         return SqliteReader(resolve_path(base, settings.path))
+    if settings.backend == "postgres":
+        from forwarder.store.postgres.store import PostgresReader  # noqa: PLC0415
+
+        return PostgresReader(store_dsn(settings, base))
     raise ConfigError([f"store.backend: unknown backend {settings.backend!r}"])

@@ -26,6 +26,7 @@ _SECRET_KEYS = frozenset(
         "proof",
         "api_token",
         "password",
+        "dsn",
         "private_key",
         "secret",
         "d",
@@ -36,10 +37,20 @@ _SECRET_TEXT = re.compile(
 )
 
 
+# A password inside a PostgreSQL URI (postgresql://user:PASSWORD@host, ?password=...).
+_DSN_PASSWORD = re.compile(r"(?i)(postgres(?:ql)?://[^:/@\s]*:)[^@\s]*(@)|([?&]password=)[^&\s]*")
+
+
 def redact(text: str) -> str:
-    """Mask bearer/SSWS credentials and JWTs inside free text."""
-    return _SECRET_TEXT.sub(
+    """Mask bearer/SSWS credentials, JWTs and DSN passwords inside free text."""
+    text = _SECRET_TEXT.sub(
         lambda m: f"{m.group(1)} [redacted]" if m.group(1) else "[redacted-jwt]", text
+    )
+    return _DSN_PASSWORD.sub(
+        lambda m: (
+            f"{m.group(1)}[redacted]{m.group(2)}" if m.group(1) else f"{m.group(3)}[redacted]"
+        ),
+        text,
     )
 
 

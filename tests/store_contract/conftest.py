@@ -17,7 +17,9 @@ from typing import Any
 import pytest
 
 from forwarder.store import StoreBackend
+from forwarder.store.postgres.store import PostgresStore
 from forwarder.store.sqlite import SqliteStore
+from tests.pg import PgCluster
 
 Opener = Callable[..., StoreBackend]
 
@@ -27,9 +29,39 @@ def sqlite_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
     return lambda **kwargs: SqliteStore(path, **kwargs)
 
 
-#: name -> factory. The PostgreSQL backend adds itself here.
+_EMPTY_POSTGRES = """
+DO $$ BEGIN
+  IF to_regclass('counters') IS NOT NULL THEN
+    TRUNCATE signals, targeted, cursors, done, dead_letters, provider_state, calls, call_log,
+             provider_owner, replica, write_probe RESTART IDENTITY;
+    UPDATE counters SET value = 0;
+  END IF;
+END $$
+"""
+
+
+def postgres_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
+    """An empty database on the session's throwaway PostgreSQL server (tests/pg.py).
+
+    One database per test; each new storage (a hypothesis example) empties it, which is
+    much faster than a database per example.
+    """
+    cluster: PgCluster = request.getfixturevalue("pg_cluster")
+    name = getattr(request.node, "_pg_contract_db", None)
+    if name is None:
+        name = cluster.create_database()
+        request.node._pg_contract_db = name
+        request.addfinalizer(lambda: cluster.drop_database(name))
+    else:
+        cluster.sql(_EMPTY_POSTGRES, dbname=name)
+    dsn = cluster.dsn(name)
+    return lambda **kwargs: PostgresStore(dsn, pool_size=4, **kwargs)
+
+
+#: name -> factory.
 BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], Opener]] = {
     "sqlite": sqlite_backend,
+    "postgres": postgres_backend,
 }
 
 

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -291,6 +292,8 @@ async def _run(opener: Opener, ops: list[tuple[Any, ...]]) -> None:
         await _drain(model, store)
 
 
+# PostgreSQL takes a round trip per step: ~15 s alone, several times that on a busy host.
+@pytest.mark.timeout(300)
 @settings(
     max_examples=100,
     deadline=None,

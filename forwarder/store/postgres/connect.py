@@ -1,0 +1,79 @@
+"""Opening the pool: the DSN stays inside, errors name only what is safe to show."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from forwarder.errors import StoreError
+from forwarder.store.postgres.dsn import describe_dsn
+from forwarder.store.postgres.schema import MigrationResult, migrate, require_current
+
+__all__ = ["DB_ERRORS", "alive", "connect_error", "open_pool"]
+
+#: What a lost or refused connection, or a failed statement, raises.
+DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+
+
+def alive(conn: PoolConnectionProxy[asyncpg.Record]) -> bool:
+    """A pooled connection is still open (the pool takes back one the server closed)."""
+    try:
+        return not conn.is_closed()
+    except asyncpg.InterfaceError:
+        return False
+
+
+def connect_error(dsn: str, exc: BaseException) -> StoreError:
+    """A StoreError for a failed connection, naming the server without the DSN's secrets."""
+    where = describe_dsn(dsn)
+    if isinstance(
+        exc, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError
+    ):
+        hint = "check the user and the password in PGPASSWORD, PGPASSFILE or store.dsn_file"
+    elif isinstance(exc, asyncpg.InvalidCatalogNameError):
+        hint = "create the database first (CREATE DATABASE), or fix the database name"
+    elif isinstance(exc, OSError | TimeoutError | asyncio.TimeoutError):
+        hint = "is the server running and reachable from here? (host, port, network policy)"
+    else:
+        hint = "check the DSN and the server's log"
+    # asyncpg's messages name the user and database, never the password.
+    detail = str(exc).replace(dsn, where) or type(exc).__name__
+    return StoreError(f"cannot connect to PostgreSQL at {where}: {detail}; {hint}")
+
+
+@contextlib.asynccontextmanager
+async def open_pool(
+    dsn: str,
+    *,
+    size: int,
+    application_name: str = "forwarder",
+    migrate_at_start: bool = True,
+    connect_timeout_s: float = 10.0,
+) -> AsyncIterator[tuple[asyncpg.Pool, MigrationResult | None]]:
+    """A pool of ``size`` connections, the schema migrated (or required to be current).
+
+    Yields the pool and what the migration did (None when only checked).
+    """
+    try:
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=1,
+            max_size=size,
+            timeout=connect_timeout_s,
+            command_timeout=60,
+            server_settings={"application_name": application_name},
+        )
+    except DB_ERRORS as exc:
+        raise connect_error(dsn, exc) from None
+    try:
+        async with pool.acquire() as conn:
+            result = await migrate(conn) if migrate_at_start else None
+            if result is None:
+                await require_current(conn)
+        yield pool, result
+    finally:
+        await pool.close()

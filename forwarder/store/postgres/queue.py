@@ -1,0 +1,565 @@
+"""Leases, acks, releases and ageing over the shared entry tables, for one provider.
+
+The same design as the SQLite store (see :mod:`forwarder.store.sqlite`): broadcast
+entries (``signals``) are shared; a provider's progress through them is its cursor per
+level (``cursors``) plus what it settled out of order (``done``); targeted entries
+(``targeted``) belong to one provider. What changes with several replicas:
+
+* Only the replica owning a provider (:mod:`~forwarder.store.postgres.owners`) leases
+  for it, so its in-flight set and leases (:class:`ProviderQueue`) live in that
+  replica's memory, as in SQLite; a new owner starts with none, so at most the batch in
+  flight at the old owner is sent again.
+* Writes that move a provider's cursor are **fenced**: they happen only while the
+  caller's epoch still owns the provider (the owner row is share-locked for the
+  transaction), so a former owner waking up cannot move a cursor its successor relies on.
+* A cursor that finds nothing live above it jumps to the last *committed* sequence
+  number, read before the scan: ingest commits are ordered by that counter
+  (:mod:`~forwarder.store.postgres.writer`), so every later version is above it.
+* Collection deletes broadcast entries at or below the lowest cursor in the table (every
+  tracked provider of every replica), and counts what it deleted.
+
+Every function takes a connection inside the caller's transaction.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from forwarder.errors import StoreError
+from forwarder.signals import RiskLevel, Signal
+from forwarder.store.postgres.conn import Conn
+
+__all__ = [
+    "LEVELS",
+    "Fenced",
+    "Item",
+    "ProviderQueue",
+    "advance",
+    "attach",
+    "lease",
+    "oldest_pending",
+    "pending_counts",
+    "release",
+    "reload",
+    "settle",
+    "sweep",
+]
+
+#: Risk levels as stored, highest first (the lease order).
+LEVELS = (3, 2, 1)
+BROADCAST = 0
+TARGETED = 1
+#: Expired entries dropped per lease at most.
+PURGE_PER_LEASE = 5_000
+_PAGE = 512
+
+_B_PAGE = (
+    "SELECT ip, message, ts_ms, expires_ms, received_ms, seq FROM signals"
+    " WHERE risk = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+)
+_T_PAGE = (
+    "SELECT ip, message, ts_ms, expires_ms, received_ms, seq FROM targeted"
+    " WHERE provider = $1 AND risk = $2 AND seq > $3 ORDER BY seq LIMIT $4"
+)
+_B_ONE = "SELECT risk, ts_ms, seq FROM signals WHERE ip = $1"
+_T_ONE = "SELECT risk, ts_ms, seq FROM targeted WHERE provider = $1 AND ip = $2"
+_T_DELETE = (
+    "WITH gone AS (DELETE FROM targeted WHERE provider = $1 AND ip = $2 AND seq = $3"
+    " RETURNING 1), c AS (UPDATE counters SET value = value + (SELECT count(*) FROM gone)"
+    " WHERE name = 'deleted') SELECT count(*) FROM gone"
+)
+_COMMITTED_SEQ = "SELECT value FROM counters WHERE name = 'seq'"
+
+
+class Fenced(StoreError):
+    """The caller's epoch no longer owns the provider: it must stop dispatching it.
+
+    A ``StoreError``, so a dispatcher that meets it backs off like any store failure
+    (and its coordinator stops it when the lease is found lost).
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One leased entry: which table, which ip, which version."""
+
+    kind: int
+    ip: str
+    risk: int
+    seq: int
+    ts_ms: int
+
+
+@dataclass(slots=True)
+class ProviderQueue:
+    """One provider's progress, as the replica owning it keeps it."""
+
+    provider: str
+    cursor: dict[int, int]
+    done: set[tuple[int, int]] = field(default_factory=set)
+    inflight: dict[str, Item] = field(default_factory=dict)
+    leases: dict[int, list[Item]] = field(default_factory=dict)
+    #: (replica id, epoch) the cursor writes are fenced with; None when not coordinated.
+    fence: tuple[str, int] | None = None
+
+
+async def _check_fence(conn: Conn, q: ProviderQueue) -> None:
+    if q.fence is None:
+        return
+    owner, epoch = q.fence
+    held = await conn.fetchval(
+        "SELECT 1 FROM provider_owner WHERE provider = $1 AND owner = $2 AND epoch = $3"
+        " AND expires_at > clock_timestamp() FOR SHARE",
+        q.provider,
+        owner,
+        epoch,
+    )
+    if held is None:
+        raise Fenced(f"{owner} no longer owns {q.provider} under epoch {epoch}")
+
+
+async def attach(
+    conn: Conn, provider: str, *, fence: tuple[str, int] | None = None
+) -> ProviderQueue:
+    """Track ``provider`` (new: from the broadcasts stored from now on) and load its progress."""
+    await conn.execute(
+        "INSERT INTO cursors (provider, risk, seq)"
+        " SELECT $1, l, (SELECT value FROM counters WHERE name = 'seq')"
+        " FROM unnest($2::smallint[]) AS l ON CONFLICT DO NOTHING",
+        provider,
+        list(LEVELS),
+    )
+    cursor = {
+        r["risk"]: r["seq"]
+        for r in await conn.fetch("SELECT risk, seq FROM cursors WHERE provider = $1", provider)
+    }
+    done = {
+        (r["risk"], r["seq"])
+        for r in await conn.fetch("SELECT risk, seq FROM done WHERE provider = $1", provider)
+    }
+    return ProviderQueue(provider, cursor, done, fence=fence)
+
+
+async def reload(conn: Conn, q: ProviderQueue) -> None:
+    """Read the provider's cursor and out-of-order settlements again (another replica may
+    have moved them), keeping the object (its leases and fence)."""
+    fresh = await attach(conn, q.provider, fence=q.fence)
+    q.cursor = fresh.cursor
+    q.done = fresh.done
+
+
+class _Stream:
+    """Rows above a seq in seq order, fetched a page at a time (keyset pagination)."""
+
+    def __init__(self, conn: Conn, sql: str, head: tuple[object, ...], after: int, kind: int):
+        self._conn, self._sql, self._head, self._after, self.kind = conn, sql, head, after, kind
+        self._rows: list[tuple[int, str, str, int, int | None, int]] = []
+        self._exhausted = False
+
+    async def peek(self) -> tuple[int, str, str, int, int | None, int] | None:
+        if not self._rows and not self._exhausted:
+            rows = await self._conn.fetch(self._sql, *self._head, self._after, _PAGE)
+            self._rows = [
+                (r["seq"], r["ip"], r["message"], r["ts_ms"], r["expires_ms"], r["received_ms"])
+                for r in rows
+            ]
+            self._exhausted = len(rows) < _PAGE
+            if rows:
+                self._after = rows[-1]["seq"]
+        return self._rows[0] if self._rows else None
+
+    def pop(self) -> None:
+        self._rows.pop(0)
+
+
+async def _merged(
+    streams: Sequence[_Stream],
+) -> tuple[_Stream, tuple[int, str, str, int, int | None, int]] | None:
+    best: tuple[_Stream, tuple[int, str, str, int, int | None, int]] | None = None
+    for s in streams:
+        head = await s.peek()
+        if head is not None and (best is None or head[0] < best[1][0]):
+            best = (s, head)
+    if best is not None:
+        best[0].pop()
+    return best
+
+
+def _beats(a_ts: int, a_risk: int, a_seq: int, b_ts: int, b_risk: int, b_seq: int) -> bool:
+    """Okta's coalescing rule: the newest observation wins; on a tie the higher risk; on
+    a full tie the one stored first (as within one table, an equal version replaces
+    nothing)."""
+    return (a_ts, a_risk, -a_seq) > (b_ts, b_risk, -b_seq)
+
+
+async def _delete_targeted(conn: Conn, provider: str, ip: str, seq: int) -> int:
+    return int(await conn.fetchval(_T_DELETE, provider, ip, seq))
+
+
+async def lease(
+    conn: Conn,
+    q: ProviderQueue,
+    lease_id: int,
+    *,
+    limit: int,
+    now_ms: int,
+    max_age_ms: int,
+    margin_ms: int,
+) -> tuple[list[Signal], int]:
+    """Lease up to ``limit`` entries for the provider; return them and how many expired."""
+    provider = q.provider
+    keep: list[Signal] = []
+    items: list[Item] = []
+    expired = 0
+    too_old = now_ms - max_age_ms
+    expiry_floor = now_ms + margin_ms
+    has_targeted = (
+        await conn.fetchval("SELECT 1 FROM targeted WHERE provider = $1 LIMIT 1", provider)
+        is not None
+    )
+    # Entries settled out of order wait for the cursor; the entry that held it back may
+    # have been replaced (moved to a newer number) since: try again.
+    settled: set[int] = {level for level, _ in q.done}
+    for level in LEVELS:
+        streams = [_Stream(conn, _B_PAGE, (level,), q.cursor[level], BROADCAST)]
+        if has_targeted:
+            streams.append(_Stream(conn, _T_PAGE, (provider, level), -1, TARGETED))
+        finished = True
+        while (nxt := await _merged(streams)) is not None:
+            stream, (seq, ip, message, ts_ms, expires_ms, received_ms) = nxt
+            kind = stream.kind
+            if len(keep) >= limit or expired >= PURGE_PER_LEASE:
+                finished = False
+                break
+            if kind == BROADCAST and (level, seq) in q.done:
+                continue
+            if ip in q.inflight:
+                continue
+            if ts_ms < too_old or (expires_ms is not None and expires_ms <= expiry_floor):
+                expired += 1
+                if kind == BROADCAST:
+                    q.done.add((level, seq))
+                    settled.add(level)
+                    other = await conn.fetchrow(_T_ONE, provider, ip) if has_targeted else None
+                    if other is not None and not _beats(
+                        other["ts_ms"], other["risk"], other["seq"], ts_ms, level, seq
+                    ):
+                        # It had superseded this provider's own older entry: both are gone.
+                        await _delete_targeted(conn, provider, ip, other["seq"])
+                else:
+                    await _delete_targeted(conn, provider, ip, seq)
+                continue
+            if kind == BROADCAST and has_targeted:
+                other = await conn.fetchrow(_T_ONE, provider, ip)
+                if other is not None:
+                    if _beats(other["ts_ms"], other["risk"], other["seq"], ts_ms, level, seq):
+                        # This provider's own, newer observation is sent instead.
+                        q.done.add((level, seq))
+                        settled.add(level)
+                        continue
+                    await _delete_targeted(conn, provider, ip, other["seq"])
+            elif kind == TARGETED:
+                other = await conn.fetchrow(_B_ONE, ip)
+                if other is not None:
+                    b_risk, b_seq = other["risk"], other["seq"]
+                    b_pending = b_seq > q.cursor[b_risk] and (b_risk, b_seq) not in q.done
+                    if _beats(other["ts_ms"], b_risk, b_seq, ts_ms, level, seq):
+                        # The broadcast is newer: sent (or already sent) instead of this one.
+                        await _delete_targeted(conn, provider, ip, seq)
+                        continue
+                    if b_pending:
+                        q.done.add((b_risk, b_seq))
+                        settled.add(b_risk)
+            keep.append(Signal(ip, RiskLevel(level), message, ts_ms, expires_ms, received_ms))
+            item = Item(kind, ip, level, seq, ts_ms)
+            items.append(item)
+            q.inflight[ip] = item
+        if not finished:
+            break
+    if expired >= PURGE_PER_LEASE and keep:
+        # Purge a large expired backlog in slices; lease nothing this time rather than
+        # send a call that more fresh entries could have filled.
+        for item in items:
+            q.inflight.pop(item.ip, None)
+        keep, items = [], []
+    if items:
+        q.leases[lease_id] = items
+    if settled:
+        await _advance(conn, q, settled)
+    return keep, expired
+
+
+async def _advance(conn: Conn, q: ProviderQueue, levels: Collection[int]) -> None:
+    """Move the cursors over what the provider settled, persist them, collect garbage."""
+    await _check_fence(conn, q)
+    # Read before the scan: every version committed later has a higher number.
+    committed = int(await conn.fetchval(_COMMITTED_SEQ))
+    for level in levels:
+        at = q.cursor[level]
+        while True:
+            rows = await conn.fetch(
+                "SELECT seq FROM signals WHERE risk = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                level,
+                at,
+                _PAGE,
+            )
+            blocked = False
+            for r in rows:
+                if (level, r["seq"]) in q.done:
+                    at = r["seq"]
+                else:
+                    at = r["seq"] - 1  # nothing live between the last settled and this one
+                    blocked = True
+                    break
+            if blocked:
+                break
+            if len(rows) < _PAGE:
+                at = max(at, committed)  # nothing live above: every later version is newer
+                break
+        q.cursor[level] = at
+        q.done -= {(lvl, seq) for lvl, seq in q.done if lvl == level and seq <= at}
+        await conn.execute(
+            "UPDATE cursors SET seq = $1 WHERE provider = $2 AND risk = $3", at, q.provider, level
+        )
+        await conn.execute(
+            "DELETE FROM done WHERE provider = $1 AND risk = $2 AND seq <= $3",
+            q.provider,
+            level,
+            at,
+        )
+        above = [seq for lvl, seq in q.done if lvl == level]
+        if above:
+            await conn.execute(
+                "INSERT INTO done (provider, risk, seq) SELECT $1, $2, unnest($3::bigint[])"
+                " ON CONFLICT DO NOTHING",
+                q.provider,
+                level,
+                above,
+            )
+        await _collect(conn, level)
+
+
+async def _collect(conn: Conn, level: int) -> None:
+    """Delete broadcast entries every tracked provider (of every replica) has settled."""
+    await conn.execute(
+        "WITH gone AS (DELETE FROM signals WHERE risk = $1"
+        " AND seq <= (SELECT min(seq) FROM cursors WHERE risk = $1) RETURNING 1)"
+        " UPDATE counters SET value = value + (SELECT count(*) FROM gone)"
+        " WHERE name = 'deleted'",
+        level,
+    )
+
+
+async def settle(
+    conn: Conn, q: ProviderQueue, lease_id: int, *, only: Collection[str] | None = None
+) -> int:
+    """Settle a lease's entries (all, or those whose ip is in ``only``); free the rest.
+
+    Returns how many settled entries were still the stored version.
+    """
+    items = q.leases.pop(lease_id, [])
+    for item in items:
+        if q.inflight.get(item.ip) is item:
+            del q.inflight[item.ip]
+    chosen = items if only is None else [i for i in items if i.ip in only]
+    if not chosen:
+        return 0
+    await _check_fence(conn, q)
+    broadcast = [i for i in chosen if i.kind == BROADCAST]
+    live: set[tuple[str, int]] = set()
+    if broadcast:
+        live = {
+            (r["ip"], r["seq"])
+            for r in await conn.fetch(
+                "SELECT s.ip, s.seq FROM signals s"
+                " JOIN unnest($1::text[], $2::bigint[]) AS u(ip, seq)"
+                " ON s.ip = u.ip AND s.seq = u.seq",
+                [i.ip for i in broadcast],
+                [i.seq for i in broadcast],
+            )
+        }
+    levels: set[int] = set()
+    has_targeted = (
+        await conn.fetchval("SELECT 1 FROM targeted WHERE provider = $1 LIMIT 1", q.provider)
+        is not None
+    )
+    removed = 0
+    for item in broadcast:
+        current = (item.ip, item.seq) in live
+        q.done.add((item.risk, item.seq))
+        levels.add(item.risk)
+        if has_targeted:
+            other = await conn.fetchrow(_T_ONE, q.provider, item.ip)
+            if other is not None:
+                if _beats(
+                    other["ts_ms"], other["risk"], other["seq"], item.ts_ms, item.risk, item.seq
+                ):
+                    # A newer targeted observation stored meanwhile is now this
+                    # provider's version.
+                    current = False
+                else:
+                    # This provider has just been sent news as new as that one.
+                    await _delete_targeted(conn, q.provider, item.ip, other["seq"])
+        removed += current
+    for item in (i for i in chosen if i.kind == TARGETED):
+        current = await _delete_targeted(conn, q.provider, item.ip, item.seq) > 0
+        other = await conn.fetchrow(_B_ONE, item.ip)
+        if other is not None:
+            b_risk, b_seq = other["risk"], other["seq"]
+            if b_seq > q.cursor[b_risk] and (b_risk, b_seq) not in q.done:
+                if _beats(other["ts_ms"], b_risk, b_seq, item.ts_ms, item.risk, item.seq):
+                    # A newer broadcast stored meanwhile is now this provider's version.
+                    current = False
+                else:
+                    # Stored while this was in flight but observed earlier: older news
+                    # for this provider, never sent after the newer one.
+                    q.done.add((b_risk, b_seq))
+                    levels.add(b_risk)
+        removed += current
+    levels |= {level for level, _ in q.done}
+    if levels:
+        await _advance(conn, q, levels)
+    return removed
+
+
+async def advance(conn: Conn, q: ProviderQueue) -> None:
+    """Try again to move cursors held back by entries since replaced (after a sweep)."""
+    if q.done:
+        await _advance(conn, q, {level for level, _ in q.done})
+
+
+def release(q: ProviderQueue, lease_id: int) -> None:
+    """Free a lease's entries for a later attempt (nothing in the database changes)."""
+    for item in q.leases.pop(lease_id, []):
+        if q.inflight.get(item.ip) is item:
+            del q.inflight[item.ip]
+
+
+async def sweep(
+    conn: Conn,
+    *,
+    cutoff_ms: int,
+    busy: Mapping[str, Collection[str]] | None = None,
+    batch: int = 20_000,
+) -> tuple[dict[str, int], bool]:
+    """Drop up to ``batch`` entries of each table observed before ``cutoff_ms``.
+
+    Returns, per provider, how many it never sent (every provider's cursor is read from
+    the table, so any replica may sweep for all), and whether more remain. ``busy``
+    (provider -> ips this replica has in flight) is left alone: its lease settles it.
+    """
+    busy = busy or {}
+    busy_ips = sorted({ip for ips in busy.values() for ip in ips})
+    pairs = [(p, ip) for p, ips in busy.items() for ip in ips]
+    expired: dict[str, int] = defaultdict(int)
+    gone = await conn.fetch(
+        "WITH old AS (SELECT ip FROM signals WHERE ts_ms < $1 AND NOT (ip = ANY($3::text[]))"
+        " LIMIT $2 FOR UPDATE SKIP LOCKED)"
+        " DELETE FROM signals s USING old WHERE s.ip = old.ip RETURNING s.risk, s.seq",
+        cutoff_ms,
+        batch,
+        busy_ips,
+    )
+    if gone:
+        risks = [r["risk"] for r in gone]
+        seqs = [r["seq"] for r in gone]
+        for r in await conn.fetch(
+            "SELECT c.provider, count(*) AS n"
+            "  FROM cursors c JOIN unnest($1::smallint[], $2::bigint[]) AS g(risk, seq)"
+            "    ON g.risk = c.risk AND g.seq > c.seq"
+            " WHERE NOT EXISTS (SELECT 1 FROM done d WHERE d.provider = c.provider"
+            "                     AND d.risk = g.risk AND d.seq = g.seq)"
+            " GROUP BY c.provider",
+            risks,
+            seqs,
+        ):
+            expired[r["provider"]] += r["n"]
+        await conn.execute(
+            "DELETE FROM done d USING unnest($1::smallint[], $2::bigint[]) AS g(risk, seq)"
+            " WHERE d.risk = g.risk AND d.seq = g.seq",
+            risks,
+            seqs,
+        )
+    gone_t = await conn.fetch(
+        "WITH old AS (SELECT provider, ip FROM targeted t WHERE ts_ms < $1"
+        "   AND NOT EXISTS (SELECT 1 FROM unnest($3::text[], $4::text[]) AS b(p, ip)"
+        "                   WHERE b.p = t.provider AND b.ip = t.ip)"
+        "   LIMIT $2 FOR UPDATE SKIP LOCKED)"
+        " DELETE FROM targeted t USING old WHERE t.provider = old.provider AND t.ip = old.ip"
+        " RETURNING t.provider",
+        cutoff_ms,
+        batch,
+        [p for p, _ in pairs],
+        [ip for _, ip in pairs],
+    )
+    for r in gone_t:
+        expired[r["provider"]] += 1
+    deleted = len(gone) + len(gone_t)
+    if deleted:
+        await conn.execute("UPDATE counters SET value = value + $1 WHERE name = 'deleted'", deleted)
+    return dict(expired), len(gone) == batch or len(gone_t) == batch
+
+
+async def pending_counts(conn: Conn, q: ProviderQueue) -> dict[int, int]:
+    """Entries the provider has still to send, per level (exact; in flight included).
+
+    An ip with both a targeted and a pending broadcast entry is sent once: the losing
+    entry (by the coalescing rule) is not counted.
+    """
+    levels = list(q.cursor)
+    cursors = [q.cursor[level] for level in levels]
+    out: dict[int, int] = defaultdict(int)
+    for r in await conn.fetch(
+        "SELECT s.risk, count(*) AS n FROM signals s"
+        " JOIN unnest($1::smallint[], $2::bigint[]) AS c(risk, seq)"
+        "   ON s.risk = c.risk AND s.seq > c.seq"
+        " WHERE NOT EXISTS (SELECT 1 FROM done d WHERE d.provider = $3"
+        "                   AND d.risk = s.risk AND d.seq = s.seq)"
+        " GROUP BY s.risk",
+        levels,
+        cursors,
+        q.provider,
+    ):
+        out[r["risk"]] += r["n"]
+    for r in await conn.fetch(
+        "SELECT risk, count(*) AS n FROM targeted WHERE provider = $1 GROUP BY risk",
+        q.provider,
+    ):
+        out[r["risk"]] += r["n"]
+    for r in await conn.fetch(
+        "SELECT CASE WHEN t.ts_ms > s.ts_ms OR (t.ts_ms = s.ts_ms AND t.risk > s.risk)"
+        "            THEN s.risk ELSE t.risk END AS loser, count(*) AS n"
+        "  FROM targeted t JOIN signals s ON s.ip = t.ip"
+        "  JOIN unnest($2::smallint[], $3::bigint[]) AS c(risk, seq)"
+        "    ON s.risk = c.risk AND s.seq > c.seq"
+        " WHERE t.provider = $1"
+        "   AND NOT EXISTS (SELECT 1 FROM done d WHERE d.provider = $1"
+        "                   AND d.risk = s.risk AND d.seq = s.seq)"
+        " GROUP BY 1",
+        q.provider,
+        levels,
+        cursors,
+    ):
+        out[r["loser"]] -= r["n"]
+    return {level: n for level, n in out.items() if n > 0}
+
+
+async def oldest_pending(conn: Conn, q: ProviderQueue) -> dict[int, int]:
+    """Observation time of the entry waiting longest (first stored) per level."""
+    levels = list(q.cursor)
+    rows = await conn.fetch(
+        "SELECT risk, min(ts_ms) AS ts FROM ("
+        "  (SELECT DISTINCT ON (s.risk) s.risk, s.ts_ms FROM signals s"
+        "     JOIN unnest($2::smallint[], $3::bigint[]) AS c(risk, seq)"
+        "       ON s.risk = c.risk AND s.seq > c.seq ORDER BY s.risk, s.seq)"
+        "  UNION ALL"
+        "  (SELECT DISTINCT ON (risk) risk, ts_ms FROM targeted WHERE provider = $1"
+        "    ORDER BY risk, seq)"
+        ") AS first GROUP BY risk",
+        q.provider,
+        levels,
+        [q.cursor[level] for level in levels],
+    )
+    return {r["risk"]: int(r["ts"]) for r in rows}

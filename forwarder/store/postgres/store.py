@@ -1,0 +1,710 @@
+"""The PostgreSQL store: :class:`forwarder.store.base.StoreBackend` for several replicas.
+
+Every replica opens one ``PostgresStore`` on the same database. Ingest writes go
+through a group commit (:mod:`~forwarder.store.postgres.writer`): ``add`` returns only
+after the transaction committed, so a 202 is durable on the server. A provider is
+leased, acked and dead-lettered by the replica that owns it (the coordinator's lease);
+:meth:`adopt` loads its progress from the database when it arrives and fences its
+cursor writes with the owner's epoch. Other replicas' commits wake this one's
+dispatchers through ``LISTEN forwarder_changed``.
+
+Counts a scrape reads synchronously (``pending_total``, ``pending_counts``) are cached:
+the total after every commit of this replica (read in the same transaction, so it
+includes every replica's), a provider's backlog after each of its own operations and at
+:meth:`refresh`, and raised by this replica's broadcast commits in between (an estimate
+that may overcount, as in SQLite).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import secrets
+from collections import defaultdict
+from collections.abc import Collection, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from forwarder.errors import StoreError, StoreFull
+from forwarder.signals import RiskLevel, Signal
+from forwarder.store.base import DeadLetter, Lease, ProviderRecord, ProviderSummary, StoreObserver
+from forwarder.store.postgres import queue
+from forwarder.store.postgres.conn import Conn
+from forwarder.store.postgres.connect import DB_ERRORS, connect_error
+from forwarder.store.postgres.dsn import describe_dsn
+from forwarder.store.postgres.queue import LEVELS, ProviderQueue
+from forwarder.store.postgres.schema import migrate, require_current
+from forwarder.store.postgres.writer import CHANGED_CHANNEL, GroupCommit, Row, Upserted
+
+__all__ = ["PostgresReader", "PostgresStore"]
+
+_SWEEP_EVERY_MS = 60_000
+_CALL_LOG_KEEP_MS = 3_600_000
+
+
+def _pending(levels: Mapping[int, int]) -> dict[RiskLevel, int]:
+    return {RiskLevel(r): n for r, n in levels.items() if n}
+
+
+class PostgresStore:
+    """PostgreSQL-backed store; an async context manager. The DSN is never shown."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        max_pending: int = 1_000_000,
+        providers: Sequence[str] = (),
+        max_age_ms: int | None = None,
+        observer: StoreObserver | None = None,
+        pool_size: int = 10,
+        migrate_at_start: bool = True,
+        application_name: str = "forwarder",
+    ) -> None:
+        self.max_pending = max_pending
+        self.where = describe_dsn(dsn)
+        self._dsn = dsn
+        self._pool_size = pool_size
+        self._migrate = migrate_at_start
+        self._application_name = application_name
+        self._providers = list(providers)
+        self._max_age_ms = max_age_ms
+        self._observer = observer
+        self._pool: asyncpg.Pool | None = None
+        self._listener: PoolConnectionProxy[asyncpg.Record] | None = None
+        self._writer: GroupCommit | None = None
+        self._queues: dict[str, ProviderQueue] = {}
+        self._counts: dict[str, dict[int, int]] = {}
+        self._dead: dict[str, int] = defaultdict(int)
+        self._events: dict[str, asyncio.Event] = {}
+        self._entries = 0
+        self._lease_ids = itertools.count(1)
+        self._next_sweep_ms = 0
+        self._closing = False
+        self._write_ok = True
+        #: Names this store's commits in NOTIFY payloads (its own are counted already).
+        self.origin = f"{id(self):x}-{secrets.token_hex(4)}"
+        #: Bumped whenever a commit raises counts (see :meth:`_recount`).
+        self._generation = 0
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        try:
+            self._pool = await asyncpg.create_pool(
+                self._dsn,
+                min_size=1,
+                max_size=self._pool_size,
+                timeout=10,
+                command_timeout=60,
+                server_settings={"application_name": self._application_name},
+            )
+        except DB_ERRORS as exc:
+            raise connect_error(self._dsn, exc) from None
+        try:
+            async with self._pool.acquire() as conn:
+                if self._migrate:
+                    await migrate(conn)
+                else:
+                    await require_current(conn)
+            self._listener = await self._pool.acquire()
+            await self._listener.add_listener(CHANGED_CHANNEL, self._heard)
+            self._writer = GroupCommit(
+                self._pool.acquire, on_commit=self._after_commit, origin=self.origin
+            )
+            self._writer.start()
+            for provider in self._providers:
+                await self.attach(provider)
+            await self.refresh()
+        except BaseException:
+            await self._close()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._closing = True
+        await self._close()
+
+    async def _close(self) -> None:
+        if self._writer is not None:
+            await self._writer.stop()
+            self._writer = None
+        if self._listener is not None and self._pool is not None:
+            with contextlib.suppress(*DB_ERRORS):
+                await self._listener.remove_listener(CHANGED_CHANNEL, self._heard)
+            with contextlib.suppress(*DB_ERRORS):
+                await self._pool.release(self._listener)
+            self._listener = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    @contextlib.asynccontextmanager
+    async def _tx(self) -> Any:
+        if self._pool is None:
+            raise StoreError(f"store {self.where} is not open")
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                yield conn
+        except DB_ERRORS as exc:
+            raise StoreError(f"PostgreSQL at {self.where}: {exc}") from exc
+
+    @property
+    def writable(self) -> bool:
+        """The pool is open and the last write committed."""
+        ok = self._writer.ok if self._writer is not None else False
+        return self._pool is not None and not self._closing and ok and self._write_ok
+
+    async def probe_writable(self) -> bool:
+        """Try a tiny write now; True (and ``writable`` again) when it commits."""
+        if self._pool is None or self._closing:
+            return False
+        try:
+            async with self._tx() as conn:
+                await conn.execute(
+                    "INSERT INTO write_probe (id, n) VALUES (1, 1)"
+                    " ON CONFLICT (id) DO UPDATE SET n = write_probe.n + 1"
+                )
+        except StoreError:
+            self._write_ok = False
+            return False
+        self._write_ok = True
+        if self._writer is not None:
+            self._writer.ok = True
+        return True
+
+    # -- providers -------------------------------------------------------------------
+
+    async def attach(self, provider: str) -> None:
+        """Track ``provider``: broadcasts stored from now on are kept until it settles them."""
+        if provider in self._queues:
+            return
+        await self.adopt(provider)
+
+    async def adopt(self, provider: str, fence: tuple[str, int] | None = None) -> None:
+        """(Re)load ``provider``'s progress from the database, e.g. when this replica takes
+        it over; its cursor writes are then fenced with ``fence`` (replica id, epoch)."""
+        async with self._tx() as conn:
+            q = await queue.attach(conn, provider, fence=fence)
+            await self._recount(conn, provider, q)
+        self._queues[provider] = q
+
+    def _queue(self, provider: str) -> ProviderQueue:
+        q = self._queues.get(provider)
+        if q is None:
+            raise StoreError(f"provider {provider!r} is not attached to this store")
+        return q
+
+    # -- counts ----------------------------------------------------------------------
+
+    def pending_total(self) -> int:
+        """Stored entries of every replica, as of this replica's last commit."""
+        return self._entries
+
+    def pending_counts(self, provider: str) -> Mapping[RiskLevel, int]:
+        return _pending(self._counts.get(provider, {}))
+
+    def dead_letter_count(self, provider: str) -> int:
+        return self._dead.get(provider, 0)
+
+    def changed(self, provider: str) -> asyncio.Event:
+        event = self._events.get(provider)
+        if event is None:
+            event = self._events[provider] = asyncio.Event()
+        return event
+
+    def _heard(self, *args: object) -> None:
+        """Another replica committed: raise the backlog estimates and wake dispatchers."""
+        try:
+            change = json.loads(str(args[3]))
+        except (IndexError, ValueError):
+            change = {"all": True}
+        if change.get("o") == self.origin:
+            return
+        self._generation += 1
+        for level, n in change.get("b", {}).items():
+            for counts in self._counts.values():
+                counts[int(level)] = counts.get(int(level), 0) + int(n)
+        touched: set[str] = set(self._queues) if change.get("b") or change.get("all") else set()
+        for provider, levels in change.get("t", {}).items():
+            if provider in self._counts:
+                for level, n in levels.items():
+                    counts = self._counts[provider]
+                    counts[int(level)] = counts.get(int(level), 0) + int(n)
+            touched.add(provider)
+        for provider in [*change.get("n", ()), *(self._queues if change.get("all") else ())]:
+            if provider in self._counts:
+                counts = self._counts[provider]
+                counts[1] = counts.get(1, 0) + 1  # at least one more; exact after a lease
+            touched.add(provider)
+        for provider in touched:
+            if provider in self._queues:
+                self.changed(provider).set()
+
+    async def _recount(self, conn: Conn, provider: str, q: ProviderQueue) -> None:
+        """Set ``provider``'s exact backlog, without losing commits counted meanwhile.
+
+        A commit (ours or another replica's) counted while the query ran would be lost by
+        overwriting: read again until no count changed during the read, or count one more.
+        """
+        for _ in range(3):
+            generation = self._generation
+            counts = await queue.pending_counts(conn, q)
+            if generation == self._generation:
+                self._counts[provider] = counts
+                return
+        counts[1] = counts.get(1, 0) + 1  # at least one more; exact after the next lease
+        self._counts[provider] = counts
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The connection pool (the replica coordinator shares it)."""
+        if self._pool is None:
+            raise StoreError(f"store {self.where} is not open")
+        return self._pool
+
+    async def refresh(self) -> None:
+        """Recount every tracked provider's backlog, the total and the dead letters."""
+        async with self._tx() as conn:
+            for provider, q in self._queues.items():
+                if not q.leases:
+                    # Another replica may have dispatched it meanwhile: reload its progress
+                    # (in place: a lease being prepared may hold this object).
+                    await queue.reload(conn, q)
+                await self._recount(conn, provider, q)
+            self._entries = await self._read_entries(conn)
+            self._dead = defaultdict(
+                int,
+                {
+                    r["provider"]: r["n"]
+                    for r in await conn.fetch(
+                        "SELECT provider, count(*) AS n FROM dead_letters GROUP BY provider"
+                    )
+                },
+            )
+
+    async def refresh_dead_letter_counts(self) -> None:
+        await self.refresh()
+
+    @staticmethod
+    async def _read_entries(conn: Conn) -> int:
+        return int(
+            await conn.fetchval(
+                "SELECT sum(CASE name WHEN 'inserted' THEN value ELSE -value END)"
+                " FROM counters WHERE name IN ('inserted', 'deleted')"
+            )
+        )
+
+    # -- ingest ----------------------------------------------------------------------
+
+    async def add(self, items: Sequence[tuple[Sequence[str], Signal]]) -> None:
+        """Commit signals (no targets = one broadcast entry); ``StoreFull`` at capacity."""
+        if self._closing or self._writer is None:
+            raise StoreError("store is closing")
+        waiting = self._entries + self._writer.queued_rows
+        if waiting >= self.max_pending and self._max_age_ms is not None and items:
+            now_ms = max(s.received_ms for _, s in items)
+            await self.sweep(now_ms=now_ms, max_age_ms=self._max_age_ms)
+            async with self._tx() as conn:
+                self._entries = await self._read_entries(conn)
+            waiting = self._entries + self._writer.queued_rows
+        if waiting >= self.max_pending:
+            raise StoreFull(f"{waiting} signals are waiting (max_pending={self.max_pending})")
+        rows: list[Row] = []
+        for providers, s in items:
+            if not providers:
+                rows.append((s.ip, int(s.risk), s.message, s.ts_ms, s.expires_ms, s.received_ms))
+            else:
+                rows.extend(
+                    (p, s.ip, int(s.risk), s.message, s.ts_ms, s.expires_ms, s.received_ms)
+                    for p in providers
+                )
+        if rows:
+            await self._writer.add(rows)
+
+    def _after_commit(self, result: Upserted) -> None:
+        self._generation += 1
+        self._entries = result.entries
+        for level, (_, stored) in result.broadcast.items():
+            for counts in self._counts.values():
+                counts[level] = counts.get(level, 0) + stored
+        per_provider: dict[str, int] = defaultdict(int)
+        new_provider: dict[str, int] = defaultdict(int)
+        for (provider, level), (new, stored) in result.targeted.items():
+            if provider in self._counts:
+                counts = self._counts[provider]
+                counts[level] = counts.get(level, 0) + new
+            per_provider[provider] += stored
+            new_provider[provider] += new
+        if self._observer is not None:
+            if result.broadcast and result.broadcast_new < result.broadcast_stored:
+                for provider in self._queues:
+                    self._observer.signals_stored(
+                        provider, result.broadcast_stored, result.broadcast_new
+                    )
+            for provider, signals in per_provider.items():
+                self._observer.signals_stored(provider, signals, new_provider[provider])
+        if result.broadcast:
+            for provider in self._queues:
+                self.changed(provider).set()
+        for provider in per_provider:
+            self.changed(provider).set()
+
+    # -- dispatch --------------------------------------------------------------------
+
+    async def lease(
+        self,
+        provider: str,
+        *,
+        limit: int,
+        now_ms: int,
+        max_age_ms: int,
+        expiry_margin_ms: int = 5_000,
+    ) -> Lease:
+        """Lease ``provider``'s next batch, dropping (and counting) expired entries."""
+        q = self._queue(provider)
+        lease_id = next(self._lease_ids)
+        swept: dict[str, int] = {}
+        if now_ms >= self._next_sweep_ms:
+            self._next_sweep_ms = now_ms + _SWEEP_EVERY_MS
+            swept = await self._sweep(now_ms, self._max_age_ms or max_age_ms)
+        async with self._tx() as conn:
+            signals, expired = await queue.lease(
+                conn,
+                q,
+                lease_id,
+                limit=limit,
+                now_ms=now_ms,
+                max_age_ms=max_age_ms,
+                margin_ms=expiry_margin_ms,
+            )
+            # Exact again after every lease (other replicas' commits only raise estimates).
+            await self._recount(conn, provider, q)
+            if expired:
+                self._entries = await self._read_entries(conn)
+        expired += swept.pop(provider, 0)
+        if self._observer is not None:
+            for other, n in swept.items():
+                self._observer.signals_expired(other, n)
+            if expired:
+                self._observer.signals_expired(provider, expired)
+        return Lease(provider=provider, lease_id=lease_id, signals=signals, expired=expired)
+
+    async def ack(self, lease: Lease) -> int:
+        """Okta accepted the batch: settle the versions sent; return how many were current."""
+        return await self._settle(lease, None)
+
+    async def _settle(self, lease: Lease, only: Collection[str] | None) -> int:
+        q = self._queue(lease.provider)
+        async with self._tx() as conn:
+            removed = await queue.settle(conn, q, lease.lease_id, only=only)
+            await self._recount(conn, lease.provider, q)
+            self._entries = await self._read_entries(conn)
+        return removed
+
+    async def release(self, lease: Lease) -> None:
+        """Keep the batch for a later attempt."""
+        queue.release(self._queue(lease.provider), lease.lease_id)
+
+    async def dead_letter(
+        self, lease: Lease, *, reason: str, causes: Sequence[str], at_ms: int
+    ) -> int:
+        """Okta rejected the whole batch: move it to the dead-letter table."""
+        return await self._dead_letter(
+            lease, {s.ip: list(causes) for s in lease.signals}, reason, at_ms
+        )
+
+    async def dead_letter_some(
+        self, lease: Lease, rejected: Mapping[str, Sequence[str]], *, reason: str, at_ms: int
+    ) -> int:
+        """Dead-letter the named ips of ``lease`` (each with its causes); release the rest."""
+        return await self._dead_letter(
+            lease, {ip: list(c) for ip, c in rejected.items()}, reason, at_ms
+        )
+
+    async def _dead_letter(
+        self, lease: Lease, causes: Mapping[str, list[str]], reason: str, at_ms: int
+    ) -> int:
+        q = self._queue(lease.provider)
+        sent = [s for s in lease.signals if s.ip in causes]
+        async with self._tx() as conn:
+            if sent:
+                await conn.execute(
+                    "INSERT INTO dead_letters (provider, ip, risk, message, ts_ms, expires_ms,"
+                    " received_ms, failed_ms, reason, causes)"
+                    " SELECT $1, u.ip, u.risk, u.message, u.ts_ms, u.expires_ms, u.received_ms,"
+                    " $2, $3, u.causes::jsonb"
+                    " FROM unnest($4::text[], $5::smallint[], $6::text[], $7::bigint[],"
+                    " $8::bigint[], $9::bigint[], $10::text[])"
+                    " AS u(ip, risk, message, ts_ms, expires_ms, received_ms, causes)",
+                    lease.provider,
+                    at_ms,
+                    reason,
+                    [s.ip for s in sent],
+                    [int(s.risk) for s in sent],
+                    [s.message for s in sent],
+                    [s.ts_ms for s in sent],
+                    [s.expires_ms for s in sent],
+                    [s.received_ms for s in sent],
+                    [json.dumps(causes[s.ip]) for s in sent],
+                )
+            await queue.settle(conn, q, lease.lease_id, only={s.ip for s in sent})
+            await self._recount(conn, lease.provider, q)
+            self._entries = await self._read_entries(conn)
+        self._dead[lease.provider] += len(sent)
+        return len(sent)
+
+    async def sweep(self, *, now_ms: int, max_age_ms: int) -> int:
+        """Delete entries older than ``max_age_ms``; count them per provider; return how many."""
+        expired = await self._sweep(now_ms, max_age_ms)
+        if self._observer is not None:
+            for provider, n in expired.items():
+                self._observer.signals_expired(provider, n)
+        return sum(expired.values())
+
+    async def _sweep(self, now_ms: int, max_age_ms: int) -> dict[str, int]:
+        total: dict[str, int] = defaultdict(int)
+        busy = {p: list(q.inflight) for p, q in self._queues.items() if q.inflight}
+        more = True
+        while more:
+            async with self._tx() as conn:
+                expired, more = await queue.sweep(conn, cutoff_ms=now_ms - max_age_ms, busy=busy)
+                for q in self._queues.values():
+                    if q.done and (q.fence is None or q.leases):
+                        await queue.advance(conn, q)
+            for provider, n in expired.items():
+                total[provider] += n
+        for q in self._queues.values():
+            if q.done:
+                # A cursor held back by an entry just swept can move on now.
+                with contextlib.suppress(queue.Fenced):
+                    async with self._tx() as conn:
+                        await queue.advance(conn, q)
+        if total:
+            await self.refresh()
+        return dict(total)
+
+    async def oldest_pending_ms(self, provider: str) -> Mapping[RiskLevel, int]:
+        q = self._queues.get(provider)
+        if q is None:
+            return {}
+        async with self._tx() as conn:
+            levels = await queue.oldest_pending(conn, q)
+        return {RiskLevel(r): t for r, t in levels.items()}
+
+    async def oldest_pending_many(
+        self, providers: Sequence[str]
+    ) -> dict[str, Mapping[RiskLevel, int]]:
+        """:meth:`oldest_pending_ms` of several providers in one transaction."""
+        out: dict[str, Mapping[RiskLevel, int]] = {}
+        async with self._tx() as conn:
+            for provider in providers:
+                q = self._queues.get(provider)
+                if q is None:
+                    out[provider] = {}
+                    continue
+                levels = await queue.oldest_pending(conn, q)
+                out[provider] = {RiskLevel(r): t for r, t in levels.items()}
+        return out
+
+    # -- call log and provider state -------------------------------------------------
+
+    async def record_call(self, key: str, at_ms: int) -> None:
+        async with self._tx() as conn:
+            await conn.execute("INSERT INTO calls (key, at_ms) VALUES ($1, $2)", key, at_ms)
+            await conn.execute(
+                "DELETE FROM calls WHERE key = $1 AND at_ms < $2", key, at_ms - _CALL_LOG_KEEP_MS
+            )
+
+    async def recent_calls(self, key: str, since_ms: int) -> list[int]:
+        async with self._tx() as conn:
+            rows = await conn.fetch(
+                "SELECT at_ms FROM calls WHERE key = $1 AND at_ms >= $2 ORDER BY at_ms",
+                key,
+                since_ms,
+            )
+        return [int(r["at_ms"]) for r in rows]
+
+    async def record_provider_state(self, record: ProviderRecord) -> None:
+        async with self._tx() as conn:
+            await conn.execute(
+                "INSERT INTO provider_state (provider, status, updated_ms, last_call_ms,"
+                " last_outcome, last_error, hint, until_ms) VALUES ($1,$2,$3,$4,$5,$6,$7,$8)"
+                " ON CONFLICT (provider) DO UPDATE SET status = excluded.status,"
+                " updated_ms = excluded.updated_ms, last_call_ms = excluded.last_call_ms,"
+                " last_outcome = excluded.last_outcome, last_error = excluded.last_error,"
+                " hint = excluded.hint, until_ms = excluded.until_ms",
+                record.provider,
+                record.status,
+                record.updated_ms,
+                record.last_call_ms,
+                record.last_outcome,
+                record.last_error,
+                record.hint,
+                record.until_ms,
+            )
+
+    # -- reading (StoreReader) -------------------------------------------------------
+
+    async def summaries(self, providers: Sequence[str] = ()) -> list[ProviderSummary]:
+        async with self._tx() as conn:
+            return await read_summaries(conn, providers)
+
+    async def dead_letters(
+        self,
+        provider: str | None = None,
+        *,
+        ids: Collection[int] = (),
+        limit: int | None = 100,
+    ) -> list[DeadLetter]:
+        async with self._tx() as conn:
+            return await read_dead_letters(conn, provider, ids=ids, limit=limit)
+
+    async def delete_dead_letters(self, ids: Collection[int]) -> int:
+        async with self._tx() as conn:
+            removed = await delete_dead_letters(conn, ids)
+        await self.refresh()
+        return removed
+
+
+async def read_dead_letters(
+    conn: Conn, provider: str | None = None, *, ids: Collection[int] = (), limit: int | None = 100
+) -> list[DeadLetter]:
+    """Dead letters, newest first; filtered by provider and/or ids."""
+    rows = await conn.fetch(
+        "SELECT id, provider, ip, risk, message, ts_ms, expires_ms, received_ms, failed_ms,"
+        " reason, causes FROM dead_letters"
+        " WHERE ($1::text IS NULL OR provider = $1)"
+        "   AND (cardinality($2::bigint[]) = 0 OR id = ANY($2::bigint[]))"
+        " ORDER BY id DESC LIMIT $3",
+        provider,
+        list(ids),
+        limit,
+    )
+    return [
+        DeadLetter(
+            id=r["id"],
+            provider=r["provider"],
+            signal=Signal(
+                r["ip"],
+                RiskLevel(r["risk"]),
+                r["message"],
+                r["ts_ms"],
+                r["expires_ms"],
+                r["received_ms"],
+            ),
+            failed_ms=r["failed_ms"],
+            reason=r["reason"],
+            causes=tuple(json.loads(r["causes"])),
+        )
+        for r in rows
+    ]
+
+
+async def delete_dead_letters(conn: Conn, ids: Collection[int]) -> int:
+    if not ids:
+        return 0
+    return int(
+        await conn.fetchval(
+            "WITH gone AS (DELETE FROM dead_letters WHERE id = ANY($1::bigint[]) RETURNING 1)"
+            " SELECT count(*) FROM gone",
+            list(ids),
+        )
+    )
+
+
+async def read_summaries(conn: Conn, providers: Sequence[str] = ()) -> list[ProviderSummary]:
+    """Per provider, exact: ``providers`` first, then any other the database knows."""
+    cursors: dict[str, dict[int, int]] = defaultdict(dict)
+    for r in await conn.fetch("SELECT provider, risk, seq FROM cursors"):
+        cursors[r["provider"]][r["risk"]] = r["seq"]
+    done: dict[str, set[tuple[int, int]]] = defaultdict(set)
+    for r in await conn.fetch("SELECT provider, risk, seq FROM done"):
+        done[r["provider"]].add((r["risk"], r["seq"]))
+    dead = {
+        r["provider"]: int(r["n"])
+        for r in await conn.fetch("SELECT provider, count(*) AS n FROM dead_letters GROUP BY 1")
+    }
+    records = {
+        r["provider"]: ProviderRecord(
+            provider=r["provider"],
+            status=r["status"],
+            updated_ms=r["updated_ms"],
+            last_call_ms=r["last_call_ms"],
+            last_outcome=r["last_outcome"],
+            last_error=r["last_error"],
+            hint=r["hint"],
+            until_ms=r["until_ms"],
+        )
+        for r in await conn.fetch("SELECT * FROM provider_state")
+    }
+    targeted = {r["provider"] for r in await conn.fetch("SELECT DISTINCT provider FROM targeted")}
+    names = list(dict.fromkeys(providers))
+    names += sorted((set(cursors) | set(dead) | set(records) | targeted) - set(names))
+    out = []
+    for name in names:
+        q = ProviderQueue(name, cursors.get(name) or dict.fromkeys(LEVELS, 2**62), done[name])
+        pending = await queue.pending_counts(conn, q)
+        oldest = await queue.oldest_pending(conn, q) if pending else {}
+        if not pending and name not in providers and name not in dead and name not in records:
+            continue
+        out.append(
+            ProviderSummary(
+                provider=name,
+                pending=_pending(pending),
+                oldest_ms={RiskLevel(r): t for r, t in oldest.items()},
+                dead_letters=dead.get(name, 0),
+                record=records.get(name),
+            )
+        )
+    return out
+
+
+class PostgresReader:
+    """:class:`forwarder.store.base.StoreReader` from outside the daemons (CLI)."""
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self.where = describe_dsn(dsn)
+
+    @contextlib.asynccontextmanager
+    async def _conn(self) -> Any:
+        try:
+            conn = await asyncpg.connect(self._dsn, timeout=10)
+        except DB_ERRORS as exc:
+            raise connect_error(self._dsn, exc) from None
+        try:
+            await require_current(conn)
+            yield conn
+        except DB_ERRORS as exc:
+            raise StoreError(f"PostgreSQL at {self.where}: {exc}") from exc
+        finally:
+            await conn.close()
+
+    async def summaries(self, providers: Sequence[str] = ()) -> list[ProviderSummary]:
+        async with self._conn() as conn, conn.transaction(isolation="repeatable_read"):
+            return await read_summaries(conn, providers)
+
+    async def dead_letters(
+        self,
+        provider: str | None = None,
+        *,
+        ids: Collection[int] = (),
+        limit: int | None = 100,
+    ) -> list[DeadLetter]:
+        async with self._conn() as conn:
+            return await read_dead_letters(conn, provider, ids=ids, limit=limit)
+
+    async def delete_dead_letters(self, ids: Collection[int]) -> int:
+        async with self._conn() as conn:
+            return await delete_dead_letters(conn, ids)
