@@ -62,6 +62,12 @@ from forwarder.view import DaemonView
 
 __all__ = ["Daemon", "run_until_signalled"]
 
+#: Leases held at once by all dispatchers together (lease to ack). At 1,000 orgs each
+#: holding a 1,000-signal lease while it waits for a connection, that was a million
+#: signals in memory (610 MiB) and a thousand leases queued at the store ahead of ingest;
+#: calls beyond this wait for a slot (FIFO, so every org gets its turn).
+LEASES_IN_FLIGHT = 32
+
 
 def _bind(address: ListenAddress) -> socket.socket:
     family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
@@ -119,6 +125,7 @@ class Daemon:
         self.view = DaemonView(self)
         self._reload_wanted = asyncio.Event()
         self._reload_lock = asyncio.Lock()
+        self._slots = asyncio.Semaphore(LEASES_IN_FLIGHT)
         self._log = structlog.get_logger("forwarder")
 
     @property
@@ -228,6 +235,7 @@ class Daemon:
             backoff_base_s=d.backoff_base_s,
             backoff_max_s=d.backoff_max_s,
             observer=self.metrics,
+            slots=self._slots,
         )
 
     # -- run -------------------------------------------------------------------------

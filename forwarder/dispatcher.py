@@ -164,6 +164,7 @@ class Dispatcher:
         observer: DispatchObserver | None = None,
         rng: random.Random | None = None,
         call_key: str | None = None,
+        slots: asyncio.Semaphore | None = None,
     ) -> None:
         self.provider = provider
         #: The budget belongs to the receiving app; its calls are logged under this key.
@@ -190,6 +191,10 @@ class Dispatcher:
         #: Signals per call; halved when the receiver says a request is too large (413).
         self._call_limit = sender.max_signals_per_call
         self._persisted: ProviderState | None = None
+        #: Shared by every dispatcher of the daemon: leases held at once (lease to
+        #: settle). Bounds the signals materialised in memory and the dispatch work
+        #: queued at the store ahead of ingest, whatever the number of providers.
+        self._slots = slots
         self._log = structlog.get_logger("forwarder.dispatcher").bind(provider=provider)
 
     @property
@@ -280,10 +285,19 @@ class Dispatcher:
             self._backoff("token", str(exc))
             await self._persist_state()
             return
-        if stop.is_set():
-            # Stopped while the token request was out: after SIGTERM only calls already
-            # on the wire may finish, so no new batch is leased or sent.
-            return
+        async with self._slots if self._slots is not None else contextlib.nullcontext():
+            if stop.is_set():
+                # Stopped while the token request was out (or waiting for a slot): after
+                # SIGTERM only calls already on the wire may finish, so no new batch is
+                # leased or sent.
+                return
+            if not await self._lease_and_send(stop):
+                return
+        await self._persist_state()
+
+    async def _lease_and_send(self, stop: asyncio.Event) -> bool:
+        """One lease, one call, and the lease settled; False when nothing was leased or
+        the call never went out (no state to persist)."""
         now = self._clock.time()
         lease = await self._store.lease(
             self.provider,
@@ -295,7 +309,7 @@ class Dispatcher:
         if lease.expired:
             self._log.info("signals_expired", count=lease.expired)
         if not lease.signals:
-            return
+            return False
         spent_at: float | None = None
         started = self._clock.monotonic()
 
@@ -314,7 +328,7 @@ class Dispatcher:
             delivery = await self._sender.send(lease.signals, spend=spend)
         except _Stopped:
             await self._store.release(lease)
-            return
+            return False
         except RetryableSendError as exc:
             await self._store.release(lease)
             self._after_call(spent_at, exc.outcome, started)
@@ -385,7 +399,7 @@ class Dispatcher:
                 pending=sum(self._store.pending_counts(self.provider).values()),
                 budget_remaining=self.budget.remaining(),
             )
-        await self._persist_state()
+        return True
 
     async def _persist_state(self) -> None:
         state = self.state

@@ -59,7 +59,8 @@ exact again after a lease that reaches the end of a level and after :meth:`refre
 Intake therefore costs the same at 1 or 1,000 providers; only the wake-up of idle
 dispatchers is per provider, once per commit.
 
-**Threads.** One thread owns the connection; every operation runs there in order.
+**Threads.** One thread owns the connection; every operation runs there in order,
+except that ingest's group commits go ahead of queued dispatch work (:mod:`.thread`).
 Ingest writes go through a group commit: while one transaction commits, concurrent
 requests queue up and share the next one. ``synchronous=NORMAL`` in WAL mode survives a
 killed process (not a power cut).
@@ -73,7 +74,6 @@ import json
 import sqlite3
 from collections import defaultdict
 from collections.abc import Callable, Collection, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -92,6 +92,7 @@ from forwarder.store.sqlite.reader import (
     read_summaries,
 )
 from forwarder.store.sqlite.schema import connect, create, transaction
+from forwarder.store.sqlite.thread import StoreThread
 from forwarder.store.sqlite.writer import BroadcastRow, TargetedRow, upsert_rows
 
 __all__ = ["CALL_LOG_KEEP_MS", "SqliteReader", "SqliteStore", "upsert_rows"]
@@ -133,7 +134,7 @@ class SqliteStore:
         self._providers = list(providers)
         self._observer = observer
         self._cache_mib = cache_mib
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._executor = StoreThread("sqlite")
         self._conn: sqlite3.Connection | None = None
         self._st = queue.QueueState()
         self._dead: dict[str, int] = defaultdict(int)
@@ -172,7 +173,7 @@ class SqliteStore:
                 await self._writer
         with contextlib.suppress(Exception):
             await self._run(self._close)
-        self._executor.shutdown(wait=True)
+        self._executor.shutdown()
 
     def _open(self) -> None:
         try:
@@ -190,10 +191,9 @@ class SqliteStore:
             self._conn.close()
             self._conn = None
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        loop = asyncio.get_running_loop()
+    async def _run(self, fn: Callable[..., T], *args: Any, urgent: bool = False) -> T:
         try:
-            return await loop.run_in_executor(self._executor, fn, *args)
+            return await asyncio.wrap_future(self._executor.submit(fn, *args, urgent=urgent))
         except sqlite3.Error as exc:
             raise StoreError(f"store {self.path}: {exc}") from exc
 
@@ -317,7 +317,8 @@ class SqliteStore:
                 self._queued_rows -= n
                 rows = [r for batch, _ in group for r in batch]
                 try:
-                    stored = await self._run(self._tx, self._commit, rows)
+                    # Ahead of queued dispatch work: intake must not wait for 1,000 leases.
+                    stored = await self._run(self._tx, self._commit, rows, urgent=True)
                 except Exception as exc:
                     self._write_ok = False
                     error = exc if isinstance(exc, StoreError) else StoreError(str(exc))
