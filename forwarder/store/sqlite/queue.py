@@ -39,6 +39,10 @@ _T_PAGE = (
 _B_ONE = "SELECT risk, ts_ms, seq FROM signals WHERE ip = ?"
 _T_ONE = "SELECT risk, ts_ms, seq FROM targeted WHERE provider = ? AND ip = ?"
 _T_DELETE = "DELETE FROM targeted WHERE provider = ? AND ip = ? AND seq = ?"
+#: Broadcast versions whose leased objects are kept for the next provider's lease.
+SHARED_MAX = 50_000
+#: RiskLevel by stored integer, without the enum's call per row.
+_RISK = {int(level): level for level in RiskLevel}
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +78,10 @@ class QueueState:
     mark: dict[str, dict[int, int]] = field(default_factory=dict)
     #: Level -> seq up to which broadcast entries were collected.
     collected: dict[int, int] = field(default_factory=dict)
+    #: seq -> the leased objects of that broadcast version, shared by every provider's
+    #: lease (a sequence number names one immutable version): 1,000 providers leasing
+    #: the same 1,000 entries hold 1,000 objects, not a million. Bounded, oldest first out.
+    shared: dict[int, tuple[Signal, Item]] = field(default_factory=dict)
 
     def pending(self, provider: str) -> dict[RiskLevel, int]:
         """Backlog of ``provider`` by level (in flight included); never an undercount."""
@@ -192,7 +200,9 @@ def lease(
     base = st.base.get(provider)
     visited: dict[int, int] = {}
     complete: list[int] = []
+    shared = st.shared
     for level in LEVELS:
+        risk = _RISK[level]
         streams = []
         if cursor is not None:
             streams.append(_pages(db, _B_PAGE, (level,), cursor[level], BROADCAST))
@@ -246,8 +256,20 @@ def lease(
                     if b_pending:
                         _settle_one(st, provider, b_risk, b_seq, live=True)
                         settled.add(b_risk)
-            signal = Signal(ip, RiskLevel(level), message, ts_ms, expires_ms, received_ms)
-            item = Item(kind, ip, level, seq, ts_ms)
+            if kind == BROADCAST:
+                hit = shared.get(seq)
+                if hit is None:
+                    hit = (
+                        Signal(ip, risk, message, ts_ms, expires_ms, received_ms),
+                        Item(kind, ip, level, seq, ts_ms),
+                    )
+                    if len(shared) >= SHARED_MAX:
+                        del shared[next(iter(shared))]
+                    shared[seq] = hit
+                signal, item = hit
+            else:
+                signal = Signal(ip, risk, message, ts_ms, expires_ms, received_ms)
+                item = Item(kind, ip, level, seq, ts_ms)
             keep.append(signal)
             items.append(item)
             inflight[ip] = item
