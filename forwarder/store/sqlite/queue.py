@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import bisect
 import heapq
-import json
 import sqlite3
 from collections import defaultdict
 from collections.abc import Collection, Iterator
@@ -382,22 +381,26 @@ def settle(
     if not chosen:
         return 0
     broadcast = [i for i in chosen if i.kind == BROADCAST]
-    live: set[tuple[str, int]] = set()
-    if broadcast:
-        probe = json.dumps([[i.ip, i.seq] for i in broadcast])
-        live = {
-            (ip, seq)
-            for ip, seq in db.execute(
-                "SELECT s.ip, s.seq FROM json_each(?) AS j"
-                " JOIN signals AS s ON s.ip = j.value->>0 AND s.seq = j.value->>1",
-                (probe,),
+    # Which leased versions are still the stored ones: a sequence number names one
+    # version, so a covering range read of the order index per level answers it (a
+    # lease is a run of consecutive entries) without a lookup per ip.
+    live: set[int] = set()
+    spans: dict[int, tuple[int, int]] = {}
+    for i in broadcast:
+        lo, hi = spans.get(i.risk, (i.seq, i.seq))
+        spans[i.risk] = (min(lo, i.seq), max(hi, i.seq))
+    for risk, (lo, hi) in spans.items():
+        live.update(
+            seq
+            for (seq,) in db.execute(
+                "SELECT seq FROM signals WHERE risk = ? AND seq BETWEEN ? AND ?", (risk, lo, hi)
             )
-        }
+        )
     levels: set[int] = set()
     has_targeted = any(st.stored.get(provider, {}).values())
     removed = 0
     for item in broadcast:
-        current = (item.ip, item.seq) in live
+        current = item.seq in live
         _settle_one(st, provider, item.risk, item.seq, live=current)
         levels.add(item.risk)
         if has_targeted:
