@@ -84,6 +84,17 @@ class Queue(Protocol):
         """Set whenever entries for ``provider`` are committed (the dispatcher clears it)."""
         ...
 
+    def wake_when(self, provider: str, *, pending: int = 1, high: bool = True) -> None:
+        """Until ``changed(provider)`` is next set, set it only for a commit after which
+        ``provider`` has ``pending`` entries or more (by ``pending_counts``), or, when
+        ``high``, one with a HIGH entry for it. It may be set earlier, never later.
+
+        The default is every commit. A store may ignore this (every commit then wakes the
+        dispatcher); at 1,000 providers honouring it is what keeps a commit from waking
+        every lingering dispatcher to find nothing changed for it.
+        """
+        ...
+
     async def lease(
         self, provider: str, *, limit: int, now_ms: int, max_age_ms: int, expiry_margin_ms: int
     ) -> Lease:
@@ -223,6 +234,7 @@ class Dispatcher:
             now = self._clock.time()
             if waiting == 0:
                 self._work_since = None
+                self._store.wake_when(self.provider)
                 await self._wait(None, changed, stop)
                 continue
             if self._work_since is None:
@@ -241,8 +253,16 @@ class Dispatcher:
                 # the whole budget on small calls; HIGH skips the linger, not the pace.
                 urgent = counts.get(RiskLevel.HIGH, 0) > 0
                 linger_until = self._work_since if urgent else self._work_since + self._linger_s
-                wait = max(self._paced_from() - now, linger_until - now)
+                paced_from = self._paced_from()
+                wait = max(paced_from - now, linger_until - now)
                 if wait > 0:
+                    # Until the timer only a full call (no pacing) changes the decision, or
+                    # a first HIGH when the linger, not the pace, is what holds.
+                    self._store.wake_when(
+                        self.provider,
+                        pending=self.max_per_call,
+                        high=not urgent and linger_until > paced_from,
+                    )
                     await self._wait(wait, changed, stop)
                     continue
             try:
