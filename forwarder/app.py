@@ -63,6 +63,12 @@ from forwarder.view import DaemonView
 
 __all__ = ["Daemon", "run_until_signalled"]
 
+#: Leases held at once by all dispatchers together (lease to ack). At 1,000 orgs each
+#: holding a 1,000-signal lease while it waits for a connection, that was a million
+#: signals in memory (610 MiB) and a thousand leases queued at the store ahead of ingest;
+#: calls beyond this wait for a slot (FIFO, so every org gets its turn).
+LEASES_IN_FLIGHT = 32
+
 
 def store_where(store: object) -> str:
     """What to show of the store in logs (a DSN never: its redacted form)."""
@@ -129,6 +135,7 @@ class Daemon:
         self.view = DaemonView(self)
         self._reload_wanted = asyncio.Event()
         self._reload_lock = asyncio.Lock()
+        self._slots = asyncio.Semaphore(LEASES_IN_FLIGHT)
         self._log = structlog.get_logger("forwarder")
 
     @property
@@ -243,6 +250,7 @@ class Daemon:
             backoff_base_s=d.backoff_base_s,
             backoff_max_s=d.backoff_max_s,
             observer=self.metrics,
+            slots=self._slots,
         )
 
     # -- run -------------------------------------------------------------------------

@@ -84,6 +84,17 @@ class Queue(Protocol):
         """Set whenever entries for ``provider`` are committed (the dispatcher clears it)."""
         ...
 
+    def wake_when(self, provider: str, *, pending: int = 1, high: bool = True) -> None:
+        """Until ``changed(provider)`` is next set, set it only for a commit after which
+        ``provider`` has ``pending`` entries or more (by ``pending_counts``), or, when
+        ``high``, one with a HIGH entry for it. It may be set earlier, never later.
+
+        The default is every commit. A store may ignore this (every commit then wakes the
+        dispatcher); at 1,000 providers honouring it is what keeps a commit from waking
+        every lingering dispatcher to find nothing changed for it.
+        """
+        ...
+
     async def lease(
         self, provider: str, *, limit: int, now_ms: int, max_age_ms: int, expiry_margin_ms: int
     ) -> Lease:
@@ -164,6 +175,7 @@ class Dispatcher:
         observer: DispatchObserver | None = None,
         rng: random.Random | None = None,
         call_key: str | None = None,
+        slots: asyncio.Semaphore | None = None,
     ) -> None:
         self.provider = provider
         #: The budget belongs to the receiving app; its calls are logged under this key.
@@ -190,6 +202,10 @@ class Dispatcher:
         #: Signals per call; halved when the receiver says a request is too large (413).
         self._call_limit = sender.max_signals_per_call
         self._persisted: ProviderState | None = None
+        #: Shared by every dispatcher of the daemon: leases held at once (lease to
+        #: settle). Bounds the signals materialised in memory and the dispatch work
+        #: queued at the store ahead of ingest, whatever the number of providers.
+        self._slots = slots
         self._log = structlog.get_logger("forwarder.dispatcher").bind(provider=provider)
 
     @property
@@ -218,6 +234,7 @@ class Dispatcher:
             now = self._clock.time()
             if waiting == 0:
                 self._work_since = None
+                self._store.wake_when(self.provider)
                 await self._wait(None, changed, stop)
                 continue
             if self._work_since is None:
@@ -236,8 +253,16 @@ class Dispatcher:
                 # the whole budget on small calls; HIGH skips the linger, not the pace.
                 urgent = counts.get(RiskLevel.HIGH, 0) > 0
                 linger_until = self._work_since if urgent else self._work_since + self._linger_s
-                wait = max(self._paced_from() - now, linger_until - now)
+                paced_from = self._paced_from()
+                wait = max(paced_from - now, linger_until - now)
                 if wait > 0:
+                    # Until the timer only a full call (no pacing) changes the decision, or
+                    # a first HIGH when the linger, not the pace, is what holds.
+                    self._store.wake_when(
+                        self.provider,
+                        pending=self.max_per_call,
+                        high=not urgent and linger_until > paced_from,
+                    )
                     await self._wait(wait, changed, stop)
                     continue
             try:
@@ -280,10 +305,19 @@ class Dispatcher:
             self._backoff("token", str(exc))
             await self._persist_state()
             return
-        if stop.is_set():
-            # Stopped while the token request was out: after SIGTERM only calls already
-            # on the wire may finish, so no new batch is leased or sent.
-            return
+        async with self._slots if self._slots is not None else contextlib.nullcontext():
+            if stop.is_set():
+                # Stopped while the token request was out (or waiting for a slot): after
+                # SIGTERM only calls already on the wire may finish, so no new batch is
+                # leased or sent.
+                return
+            if not await self._lease_and_send(stop):
+                return
+        await self._persist_state()
+
+    async def _lease_and_send(self, stop: asyncio.Event) -> bool:
+        """One lease, one call, and the lease settled; False when nothing was leased or
+        the call never went out (no state to persist)."""
         now = self._clock.time()
         lease = await self._store.lease(
             self.provider,
@@ -295,7 +329,7 @@ class Dispatcher:
         if lease.expired:
             self._log.info("signals_expired", count=lease.expired)
         if not lease.signals:
-            return
+            return False
         spent_at: float | None = None
         started = self._clock.monotonic()
 
@@ -314,7 +348,7 @@ class Dispatcher:
             delivery = await self._sender.send(lease.signals, spend=spend)
         except _Stopped:
             await self._store.release(lease)
-            return
+            return False
         except RetryableSendError as exc:
             await self._store.release(lease)
             self._after_call(spent_at, exc.outcome, started)
@@ -385,7 +419,7 @@ class Dispatcher:
                 pending=sum(self._store.pending_counts(self.provider).values()),
                 budget_remaining=self.budget.remaining(),
             )
-        await self._persist_state()
+        return True
 
     async def _persist_state(self) -> None:
         state = self.state

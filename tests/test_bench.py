@@ -97,4 +97,5 @@ def test_tenants_reports_start_up_delivery_and_telemetry(report: dict[str, Any])
     assert t["readyz_distinct_keys_s"] > 0
     assert t["readyz_bytes"] < 64 * 1024
     assert isinstance(t["intake_ratio"], float)
+    assert t["intake_signals_per_s_not_delivering"] > 0
     assert t["peak_rss_mib"] > 0

@@ -247,3 +247,49 @@ async def test_dead_letter_some_moves_named_subjects_and_releases_the_rest(
     assert store.pending_counts("p") == {RiskLevel.HIGH: 4}
     again = await lease_all(store)
     assert sorted(s.ip for s in again.signals) == [f"192.0.2.{i}" for i in (0, 2, 3, 4)]
+
+
+async def test_providers_leasing_one_broadcast_share_its_objects(tmp_path: Path) -> None:
+    """Many providers leasing the same broadcast entries hold one object per entry, not one
+    per provider (1,000 orgs x a 1,000-signal lease was a million tuples in memory); a new
+    version of an entry is a new object."""
+    names = [f"org{i}" for i in range(5)]
+    async with SqliteStore(tmp_path / "f.db", providers=names) as store:
+        await store.add([([], sig(f"192.0.2.{n}", ts=NOW - 10)) for n in range(50)])
+        leases = [await lease_all(store, p) for p in names]
+        first = leases[0].signals
+        assert len(first) == 50
+        for lease in leases[1:]:
+            assert lease.signals == first
+            assert all(a is b for a, b in zip(lease.signals, first, strict=True))
+        for lease in leases:
+            await store.ack(lease)
+        await store.add([([], sig("192.0.2.1", RiskLevel.HIGH, ts=NOW))])
+        again = await lease_all(store, names[0])
+        assert [(s.ip, s.risk) for s in again.signals] == [("192.0.2.1", RiskLevel.HIGH)]
+        assert store.pending_total() == 1
+
+
+async def test_a_commit_wakes_only_the_dispatchers_it_can_change(tmp_path: Path) -> None:
+    """A broadcast commit sets ``changed`` for an idle provider, for a lingering one only
+    when it makes a full call or brings the first HIGH it asked about, and for a provider
+    that registered nothing; a targeted commit always wakes its provider."""
+    names = ["idle", "full", "high", "paced"]
+    async with SqliteStore(tmp_path / "f.db", providers=names) as store:
+        events = {p: store.changed(p) for p in names}
+        store.wake_when("idle")
+        store.wake_when("full", pending=3, high=False)
+        store.wake_when("high", pending=1000, high=True)
+        store.wake_when("paced", pending=1000, high=False)
+        await store.add([([], sig("192.0.2.1", ts=NOW - 10))])
+        assert {p for p, e in events.items() if e.is_set()} == {"idle"}
+        await store.add([([], sig(f"192.0.2.{n}", ts=NOW - 5)) for n in (2, 3)])
+        assert {p for p, e in events.items() if e.is_set()} == {"idle", "full"}
+        await store.add([([], sig("192.0.2.9", RiskLevel.HIGH, ts=NOW))])
+        assert {p for p, e in events.items() if e.is_set()} == {"idle", "full", "high"}
+        await store.add([(["paced"], sig("192.0.2.8", ts=NOW))])
+        assert all(e.is_set() for e in events.values())
+        # Once woken, a provider is woken by every commit until it registers again.
+        events["full"].clear()
+        await store.add([([], sig("192.0.2.7", ts=NOW))])
+        assert events["full"].is_set()

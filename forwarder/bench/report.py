@@ -285,6 +285,15 @@ def _tenant_rows(r: dict[str, Any]) -> Iterable[Sequence[str]]:
         _r(r["intake_ratio"]),
         ">= 0.8",
     )
+    if r.get("intake_signals_per_s_not_delivering") is not None:
+        yield (
+            "",
+            "  same, N orgs not delivering (unreachable)",
+            _n(r["intake_signals_per_s_not_delivering"]),
+            "",
+            _r(r["intake_ratio_not_delivering"]),
+            "",
+        )
     yield (
         "",
         "peak RSS MiB (feed + delivery; with intake)",

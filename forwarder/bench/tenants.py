@@ -9,9 +9,11 @@ and the scenario measures, in order:
    until every org has every IP, the calls made, the 429s and the most calls any org saw
    in one window;
 3. telemetry at N orgs: ``/readyz`` and ``/metrics`` size, scrape time;
-4. intake: broadcast signals/s at N orgs divided by the same at one org;
+4. intake: broadcast signals/s at N orgs divided by the same at one org (unreachable,
+   so it sends nothing); the N orgs deliver what arrives meanwhile, within their budgets;
 5. start-up again with N distinct key files (copies of the vendor key: every file is
-   read and checked on its own, which is what costs).
+   read and checked on its own, which is what costs), and the intake of step 4 again at
+   N orgs that cannot be reached (none delivering, like the baseline).
 
 Peak RSS is the daemon's over steps 1 to 4, and over steps 1 and 2 alone (the feed and
 its delivery, before the intake load).
@@ -212,7 +214,13 @@ async def tenants(ctx: Context) -> dict[str, Any]:
         distinct.append(ProviderSpec(spec.name, spec.org_url, spec.client_id, copy).unreachable())
     many_keys = Daemon(ctx.directory / "distinct", distinct, window_s=window_s)
     healthz_distinct_s, readyz_distinct_s = await _start_timed(many_keys)
-    await many_keys.stop()
+    try:
+        # The same intake at N orgs that cannot be reached (as the 1-org baseline): what
+        # intake itself costs at N providers, apart from the deliveries of step 4.
+        ctx.say(f"tenants: intake at {orgs:,} orgs, none delivering")
+        at_n_idle = await _intake(ctx, many_keys, plan.tenant_intake_s)
+    finally:
+        await many_keys.stop()
 
     rate_n, rate_1 = at_n["signals_per_s"], at_1["signals_per_s"]
     return {
@@ -240,6 +248,8 @@ async def tenants(ctx: Context) -> dict[str, Any]:
         "intake_signals_per_s_one_org": rate_1,
         "intake_ratio": ratio(rate_n, rate_1),
         "intake_statuses": at_n["statuses"],
+        "intake_signals_per_s_not_delivering": at_n_idle["signals_per_s"],
+        "intake_ratio_not_delivering": ratio(at_n_idle["signals_per_s"], rate_1),
         "daemon_cpu_cores_during_intake": cpu_n,
         "peak_rss_mib": peak,
         "peak_rss_mib_feed_and_delivery": peak_feed,

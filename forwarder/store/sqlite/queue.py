@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import bisect
 import heapq
-import json
 import sqlite3
 from collections import defaultdict
 from collections.abc import Collection, Iterator
@@ -39,6 +38,10 @@ _T_PAGE = (
 _B_ONE = "SELECT risk, ts_ms, seq FROM signals WHERE ip = ?"
 _T_ONE = "SELECT risk, ts_ms, seq FROM targeted WHERE provider = ? AND ip = ?"
 _T_DELETE = "DELETE FROM targeted WHERE provider = ? AND ip = ? AND seq = ?"
+#: Broadcast versions whose leased objects are kept for the next provider's lease.
+SHARED_MAX = 50_000
+#: RiskLevel by stored integer, without the enum's call per row.
+_RISK = {int(level): level for level in RiskLevel}
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +77,10 @@ class QueueState:
     mark: dict[str, dict[int, int]] = field(default_factory=dict)
     #: Level -> seq up to which broadcast entries were collected.
     collected: dict[int, int] = field(default_factory=dict)
+    #: seq -> the leased objects of that broadcast version, shared by every provider's
+    #: lease (a sequence number names one immutable version): 1,000 providers leasing
+    #: the same 1,000 entries hold 1,000 objects, not a million. Bounded, oldest first out.
+    shared: dict[int, tuple[Signal, Item]] = field(default_factory=dict)
 
     def pending(self, provider: str) -> dict[RiskLevel, int]:
         """Backlog of ``provider`` by level (in flight included); never an undercount."""
@@ -192,7 +199,9 @@ def lease(
     base = st.base.get(provider)
     visited: dict[int, int] = {}
     complete: list[int] = []
+    shared = st.shared
     for level in LEVELS:
+        risk = _RISK[level]
         streams = []
         if cursor is not None:
             streams.append(_pages(db, _B_PAGE, (level,), cursor[level], BROADCAST))
@@ -246,8 +255,20 @@ def lease(
                     if b_pending:
                         _settle_one(st, provider, b_risk, b_seq, live=True)
                         settled.add(b_risk)
-            signal = Signal(ip, RiskLevel(level), message, ts_ms, expires_ms, received_ms)
-            item = Item(kind, ip, level, seq, ts_ms)
+            if kind == BROADCAST:
+                hit = shared.get(seq)
+                if hit is None:
+                    hit = (
+                        Signal(ip, risk, message, ts_ms, expires_ms, received_ms),
+                        Item(kind, ip, level, seq, ts_ms),
+                    )
+                    if len(shared) >= SHARED_MAX:
+                        del shared[next(iter(shared))]
+                    shared[seq] = hit
+                signal, item = hit
+            else:
+                signal = Signal(ip, risk, message, ts_ms, expires_ms, received_ms)
+                item = Item(kind, ip, level, seq, ts_ms)
             keep.append(signal)
             items.append(item)
             inflight[ip] = item
@@ -360,22 +381,26 @@ def settle(
     if not chosen:
         return 0
     broadcast = [i for i in chosen if i.kind == BROADCAST]
-    live: set[tuple[str, int]] = set()
-    if broadcast:
-        probe = json.dumps([[i.ip, i.seq] for i in broadcast])
-        live = {
-            (ip, seq)
-            for ip, seq in db.execute(
-                "SELECT s.ip, s.seq FROM json_each(?) AS j"
-                " JOIN signals AS s ON s.ip = j.value->>0 AND s.seq = j.value->>1",
-                (probe,),
+    # Which leased versions are still the stored ones: a sequence number names one
+    # version, so a covering range read of the order index per level answers it (a
+    # lease is a run of consecutive entries) without a lookup per ip.
+    live: set[int] = set()
+    spans: dict[int, tuple[int, int]] = {}
+    for i in broadcast:
+        lo, hi = spans.get(i.risk, (i.seq, i.seq))
+        spans[i.risk] = (min(lo, i.seq), max(hi, i.seq))
+    for risk, (lo, hi) in spans.items():
+        live.update(
+            seq
+            for (seq,) in db.execute(
+                "SELECT seq FROM signals WHERE risk = ? AND seq BETWEEN ? AND ?", (risk, lo, hi)
             )
-        }
+        )
     levels: set[int] = set()
     has_targeted = any(st.stored.get(provider, {}).values())
     removed = 0
     for item in broadcast:
-        current = (item.ip, item.seq) in live
+        current = item.seq in live
         _settle_one(st, provider, item.risk, item.seq, live=current)
         levels.add(item.risk)
         if has_targeted:
