@@ -223,6 +223,12 @@ class PostgresStore:
             event = self._events[provider] = asyncio.Event()
         return event
 
+    def wake_when(self, provider: str, *, pending: int = 1, high: bool = True) -> None:
+        """Accepted and ignored: every commit (or NOTIFY) naming ``provider`` wakes it.
+
+        Waking early is allowed by the protocol; it only costs the dispatcher a look.
+        """
+
     def _heard(self, *args: object) -> None:
         """Another replica committed: raise the backlog estimates and wake dispatchers."""
         try:
