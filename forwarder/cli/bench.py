@@ -21,6 +21,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         keep=args.keep,
         load_processes=args.load_processes,
         tenant_orgs=args.tenant_orgs,
+        scaleout_orgs=args.scale_out_orgs,
     )
 
 
@@ -50,5 +51,11 @@ def register(sub: Any) -> None:
         type=int,
         metavar="N",
         help="orgs in the tenants scenario (default: 1000, 50 with --quick)",
+    )
+    bench.add_argument(
+        "--scale-out-orgs",
+        type=int,
+        metavar="N",
+        help="orgs in the scale-out scenario (default: 1000, 50 with --quick)",
     )
     bench.set_defaults(func=_cmd_bench)
