@@ -155,6 +155,7 @@ async def _round(
     plan = ctx.plan
     orgs, feed = plan.scaleout_orgs, plan.scaleout_ips
     ctx.say(f"scale-out: {name}: a sandbox for {orgs:,} orgs, {count} replica(s)")
+    (ctx.directory / name).mkdir(parents=True, exist_ok=True)
     async with fleet(
         ctx.directory / name,
         orgs=orgs,
