@@ -367,6 +367,15 @@ def _scaleout_rows(r: dict[str, Any]) -> Iterable[Sequence[str]]:
         _r(r["pg_vs_sqlite_intake"]),
         ">= 0.5",
     )
+    pg, sq_idle = r["postgres_not_delivering"], r["sqlite_not_delivering"]
+    yield (
+        "",
+        "  same, 1 daemon, N orgs not delivering",
+        _n(pg["intake_signals_per_s"]),
+        f"SQLite {_n(sq_idle['intake_signals_per_s'])}",
+        _r(r["pg_vs_sqlite_intake_not_delivering"]),
+        ">= 0.5",
+    )
 
 
 _ROWS = {

@@ -32,7 +32,7 @@ import aiohttp
 from forwarder.bench.drive import run_load
 from forwarder.bench.pg import PgCluster, pg_bin_dir, start_cluster
 from forwarder.bench.plan import PER_CALL_MAX, Context
-from forwarder.bench.procs import Daemon, ProviderSpec
+from forwarder.bench.procs import UNREACHABLE, Daemon, ProviderSpec
 from forwarder.bench.stats import merge_load, ratio
 from forwarder.bench.tenants import fleet, sandbox_tallies
 from forwarder.bench.workload import ip
@@ -209,17 +209,39 @@ async def _round(
     }
 
 
+async def _idle_intake(ctx: Context, name: str, key_file: Path, store_toml: str) -> dict[str, Any]:
+    """Intake of one daemon at N orgs that cannot be reached (no acks compete with it)."""
+    plan = ctx.plan
+    specs = [
+        ProviderSpec(f"org-{i}", UNREACHABLE, f"client-{i}", key_file)
+        for i in range(plan.scaleout_orgs)
+    ]
+    ctx.say(f"scale-out: {name}: intake at {plan.scaleout_orgs:,} orgs, none delivering")
+    async with _replicas(ctx, name, specs, 1, store_toml) as daemons:
+        load = await _intake(daemons, plan.scaleout_intake_s)
+        cpu = daemons[0].proc.cpu_cores if daemons[0].proc else None
+    return {
+        "intake_signals_per_s": load["signals_per_s"],
+        "intake_p99_ms": load["p99_ms"],
+        "intake_statuses": load["statuses"],
+        "daemon_cpu_cores_during_intake": cpu,
+    }
+
+
 async def _postgres_rounds(
-    ctx: Context, cluster: PgCluster, public_file: Path, key_file: Path
+    ctx: Context, cluster: PgCluster, public_file: Path, key_file: Path, idle: dict[str, Any]
 ) -> list[dict[str, Any]]:
-    rounds = []
-    for count in ctx.plan.scaleout_replicas:
+    rounds: list[dict[str, Any]] = []
+    for count in (0, *ctx.plan.scaleout_replicas):
         db = cluster.create_database()
         dsn_file = ctx.directory / f"dsn-{count}"
         dsn_file.write_text(cluster.dsn(db) + "\n")
         dsn_file.chmod(0o600)
         store = f'backend = "postgres"\ndsn_file = "{dsn_file}"\nmax_pending = 100000000'
         try:
+            if count == 0:  # round 0: intake with nothing delivering
+                idle.update(await _idle_intake(ctx, "postgres-idle", key_file, store))
+                continue
             rounds.append(
                 await _round(ctx, f"postgres-{count}", public_file, key_file, count, store)
             )
@@ -249,10 +271,17 @@ async def scale_out(ctx: Context) -> dict[str, Any]:
         1,
         f'path = "{sqlite_store}"\nmax_pending = 100000000',
     )
+    sqlite_idle = await _idle_intake(
+        ctx,
+        "sqlite-idle",
+        key_file,
+        f'path = "{ctx.directory / "sqlite-idle" / "forwarder.db"}"\nmax_pending = 100000000',
+    )
     ctx.say("scale-out: starting a PostgreSQL cluster")
+    pg_idle: dict[str, Any] = {}
     with start_cluster(bindir) as cluster:
         pg_version = cluster.sql("SHOW server_version")
-        rounds = await _postgres_rounds(ctx, cluster, public_file, key_file)
+        rounds = await _postgres_rounds(ctx, cluster, public_file, key_file, pg_idle)
 
     one = rounds[0]
     for r in rounds:
@@ -269,6 +298,11 @@ async def scale_out(ctx: Context) -> dict[str, Any]:
         "sqlite": sqlite,
         "rounds": rounds,
         "pg_vs_sqlite_intake": ratio(one["intake_signals_per_s"], sqlite["intake_signals_per_s"]),
+        "sqlite_not_delivering": sqlite_idle,
+        "postgres_not_delivering": pg_idle,
+        "pg_vs_sqlite_intake_not_delivering": ratio(
+            pg_idle["intake_signals_per_s"], sqlite_idle["intake_signals_per_s"]
+        ),
         "check": {
             "unit": "org-IP pairs of the broadcast feed, every round",
             "sent": sum(r["sent"] for r in every),
