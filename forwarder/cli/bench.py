@@ -29,12 +29,16 @@ def register(sub: Any) -> None:
     """Add ``bench`` to the ``forwarder`` parser."""
     bench = sub.add_parser(
         "bench",
-        help="benchmark intake, coalescing, budget use, HIGH latency, memory and many orgs",
+        help="benchmark intake, coalescing, budget use, HIGH latency, memory, many orgs, scale-out",
         description="Run every scenario against a real daemon and the sandbox on loopback; "
         "report ratios against baselines measured in the same run. Exit 1 when a "
         "correctness check fails (a signal lost, a 429), never for speed.",
     )
-    bench.add_argument("--quick", action="store_true", help="small sizes, under a minute")
+    bench.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes, under a minute (scale-out only with --only)",
+    )
     bench.add_argument("--json", type=Path, help="also write the full results here")
     bench.add_argument(
         "--only", action="append", choices=SCENARIO_NAMES, help="run only this scenario"
