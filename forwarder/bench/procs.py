@@ -149,13 +149,16 @@ class Daemon:
         window_s: float = 60.0,
         calls: int = 3,
         linger_s: float = 2.0,
+        store_toml: str = "",
     ) -> None:
+        """``store_toml``: the ``[store]`` section's lines instead of a SQLite file here."""
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self.store = directory / "forwarder.db"
         self.ingest_url = f"http://127.0.0.1:{free_port()}"
         self.metrics_url = f"http://127.0.0.1:{free_port()}"
         self.config = directory / "forwarder.toml"
+        store = store_toml or f'path = "{self.store}"\nmax_pending = 100000000'
         blocks = "".join(
             f"""
 [[providers]]
@@ -174,8 +177,7 @@ window_s = {window_s}
 listen = "{self.ingest_url.removeprefix("http://")}"
 max_body_bytes = 8388608
 [store]
-path = "{self.store}"
-max_pending = 100000000
+{store}
 [metrics]
 listen = "{self.metrics_url.removeprefix("http://")}"
 [log]

@@ -69,6 +69,11 @@ def checks_ok(scenarios: dict[str, Any]) -> list[str]:
             problems.append(f"{name}: sent {check['sent']} but delivered {check['delivered']}")
         if check["http_429"]:
             problems.append(f"{name}: {check['http_429']} answers were 429")
+        if check.get("max_calls_in_any_window", 0) > check.get("calls_per_window", 1 << 30):
+            problems.append(
+                f"{name}: an org saw {check['max_calls_in_any_window']} calls in one window "
+                f"(budget {check['calls_per_window']})"
+            )
     return problems
 
 
@@ -322,6 +327,57 @@ def _tenant_rows(r: dict[str, Any]) -> Iterable[Sequence[str]]:
     )
 
 
+def _scaleout_rows(r: dict[str, Any]) -> Iterable[Sequence[str]]:
+    if "skipped" in r:
+        yield ("scale-out", "skipped", r["skipped"], "", "", "")
+        return
+    sq = r["sqlite"]
+    yield (
+        "scale-out",
+        f"SQLite, 1 daemon ({r['orgs']:,} orgs): intake signals/s",
+        _n(sq["intake_signals_per_s"]),
+        f"delivery {_n(sq['delivery_calls_per_s'], 1)} calls/s",
+        "",
+        "",
+    )
+    for run in r["rounds"]:
+        n = run["replicas"]
+        yield (
+            "",
+            f"Postgres, {n} replica{'s' if n > 1 else ''}: intake signals/s",
+            _n(run["intake_signals_per_s"]),
+            "per replica " + " / ".join(_n(x) for x in run["intake_per_replica_signals_per_s"]),
+            _r(run["intake_growth"]),
+            "grows" if n > 1 else "",
+        )
+        yield (
+            "",
+            f"  delivery calls/s (all {r['feed_ips']:,} IPs to every org)",
+            _n(run["delivery_calls_per_s"], 1),
+            f"{_n(run['all_orgs_have_all_ips_s'], 1)} s, {run['calls']:,} calls, "
+            f"most {run['max_calls_in_any_window']}/window",
+            _r(run["delivery_growth"]),
+            "grows" if n > 1 else "",
+        )
+    yield (
+        "",
+        "Postgres intake / SQLite's (100-signal requests)",
+        _n(r["rounds"][0]["intake_signals_per_s"]),
+        f"SQLite {_n(sq['intake_signals_per_s'])}",
+        _r(r["pg_vs_sqlite_intake"]),
+        ">= 0.5",
+    )
+    pg, sq_idle = r["postgres_not_delivering"], r["sqlite_not_delivering"]
+    yield (
+        "",
+        "  same, 1 daemon, N orgs not delivering",
+        _n(pg["intake_signals_per_s"]),
+        f"SQLite {_n(sq_idle['intake_signals_per_s'])}",
+        _r(r["pg_vs_sqlite_intake_not_delivering"]),
+        ">= 0.5",
+    )
+
+
 _ROWS = {
     "intake": _intake_rows,
     "coalescing": _coalescing_rows,
@@ -329,6 +385,7 @@ _ROWS = {
     "high_latency": _high_rows,
     "memory": _memory_rows,
     "tenants": _tenant_rows,
+    "scale-out": _scaleout_rows,
 }
 
 

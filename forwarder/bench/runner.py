@@ -16,9 +16,10 @@ from typing import Any
 
 from forwarder.bench.delivery import budget_use, high_latency
 from forwarder.bench.intake import intake
-from forwarder.bench.plan import FULL, QUICK, Context
+from forwarder.bench.plan import FULL, NOT_QUICK, QUICK, Context
 from forwarder.bench.report import checks_ok, machine, render_table
 from forwarder.bench.scale import coalescing, memory_at_scale
+from forwarder.bench.scaleout import scale_out
 from forwarder.bench.tenants import tenants
 
 __all__ = ["SCENARIOS", "run_bench"]
@@ -31,6 +32,7 @@ SCENARIOS: dict[str, Callable[[Context], Awaitable[dict[str, Any]]]] = {
     "high_latency": high_latency,
     "memory": memory_at_scale,
     "tenants": tenants,
+    "scale-out": scale_out,
 }
 
 
@@ -60,12 +62,15 @@ def run_bench(
     keep: Path | None = None,
     load_processes: int = 1,
     tenant_orgs: int | None = None,
+    scaleout_orgs: int | None = None,
 ) -> int:
     """Run the bench, print the table, write the JSON; 0 when every check passed."""
     plan = QUICK if quick else FULL
     if tenant_orgs is not None:
         plan = dataclasses.replace(plan, tenant_orgs=tenant_orgs)
-    names = list(only) or list(SCENARIOS)
+    if scaleout_orgs is not None:
+        plan = dataclasses.replace(plan, scaleout_orgs=scaleout_orgs)
+    names = list(only) or [n for n in SCENARIOS if not (quick and n in NOT_QUICK)]
     directory = keep or Path(tempfile.mkdtemp(prefix="forwarder-bench-"))
     directory.mkdir(parents=True, exist_ok=True)
     ctx = Context(plan, directory, _say, load_processes)

@@ -39,14 +39,14 @@ from forwarder.bench.stats import merge_load, ratio
 from forwarder.bench.workload import ip
 from forwarder.okta.keys import generate_signing_key, write_private_key
 
-__all__ = ["tenants"]
+__all__ = ["fleet", "sandbox_tallies", "tenants"]
 
 #: IP numbers of the intake measurement (10.220.0.0/16), apart from the feed.
 _INTAKE_FIRST = 220 << 16
 
 
 @contextlib.asynccontextmanager
-async def _fleet(
+async def fleet(
     directory: Path, *, orgs: int, public_key: Path, window_s: float, calls: int
 ) -> AsyncIterator[tuple[str, str, list[dict[str, str]]]]:
     """``forwarder sandbox --orgs N`` with N apps registered: (url, api token, apps)."""
@@ -73,7 +73,7 @@ async def _fleet(
         await proc.stop()
 
 
-async def _tallies(url: str, token: str) -> dict[str, Any]:
+async def sandbox_tallies(url: str, token: str) -> dict[str, Any]:
     async with (
         aiohttp.ClientSession() as session,
         session.get(f"{url}/_sandbox/orgs", headers={"Authorization": f"SSWS {token}"}) as resp,
@@ -156,7 +156,7 @@ async def tenants(ctx: Context) -> dict[str, Any]:
     write_private_key(key_file, vendor, force=True)
     public_file.write_text(json.dumps(vendor.public_jwk()) + "\n")
     ctx.say(f"tenants: a sandbox standing in for {orgs:,} orgs")
-    async with _fleet(
+    async with fleet(
         ctx.directory, orgs=orgs, public_key=public_file, window_s=window_s, calls=plan.calls
     ) as (url, token, apps):
         specs = [ProviderSpec(a["name"], url, a["client_id"], key_file) for a in apps]
@@ -173,7 +173,7 @@ async def tenants(ctx: Context) -> dict[str, Any]:
             busy_readyz_bytes, busy_readyz_s = await _scrape(f"{daemon.metrics_url}/readyz")
             deadline = time.monotonic() + max(120.0, 20 * window_s)
             while True:
-                tallies = await _tallies(url, token)
+                tallies = await sandbox_tallies(url, token)
                 done = sum(t["distinct_ips"] >= feed for t in tallies.values())
                 if done == orgs or time.monotonic() > deadline:
                     break

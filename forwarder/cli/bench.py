@@ -21,6 +21,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         keep=args.keep,
         load_processes=args.load_processes,
         tenant_orgs=args.tenant_orgs,
+        scaleout_orgs=args.scale_out_orgs,
     )
 
 
@@ -28,12 +29,16 @@ def register(sub: Any) -> None:
     """Add ``bench`` to the ``forwarder`` parser."""
     bench = sub.add_parser(
         "bench",
-        help="benchmark intake, coalescing, budget use, HIGH latency, memory and many orgs",
+        help="benchmark intake, coalescing, budget use, HIGH latency, memory, many orgs, scale-out",
         description="Run every scenario against a real daemon and the sandbox on loopback; "
         "report ratios against baselines measured in the same run. Exit 1 when a "
         "correctness check fails (a signal lost, a 429), never for speed.",
     )
-    bench.add_argument("--quick", action="store_true", help="small sizes, under a minute")
+    bench.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes, under a minute (scale-out only with --only)",
+    )
     bench.add_argument("--json", type=Path, help="also write the full results here")
     bench.add_argument(
         "--only", action="append", choices=SCENARIO_NAMES, help="run only this scenario"
@@ -50,5 +55,11 @@ def register(sub: Any) -> None:
         type=int,
         metavar="N",
         help="orgs in the tenants scenario (default: 1000, 50 with --quick)",
+    )
+    bench.add_argument(
+        "--scale-out-orgs",
+        type=int,
+        metavar="N",
+        help="orgs in the scale-out scenario (default: 1000, 50 with --quick)",
     )
     bench.set_defaults(func=_cmd_bench)
