@@ -16,7 +16,9 @@ level (``cursors``) plus what it settled out of order (``done``); targeted entri
   number, read before the scan: ingest commits are ordered by that counter
   (:mod:`~forwarder.store.postgres.writer`), so every later version is above it.
 * Collection deletes broadcast entries at or below the lowest cursor in the table (every
-  tracked provider of every replica), and counts what it deleted.
+  tracked provider of every replica), and counts what it deleted. One transaction at a
+  time collects; an ack that finds another collecting skips it (no lock waits on the
+  ack path), and each replica's sweep collects what was skipped.
 
 Every function takes a connection inside the caller's transaction.
 """
@@ -30,6 +32,7 @@ from dataclasses import dataclass, field
 from forwarder.errors import StoreError
 from forwarder.signals import RiskLevel, Signal
 from forwarder.store.postgres.conn import Conn
+from forwarder.store.postgres.schema import ADVISORY_NAMESPACE
 
 __all__ = [
     "LEVELS",
@@ -38,6 +41,7 @@ __all__ = [
     "ProviderQueue",
     "advance",
     "attach",
+    "collect",
     "lease",
     "oldest_pending",
     "pending_counts",
@@ -54,6 +58,8 @@ TARGETED = 1
 #: Expired entries dropped per lease at most.
 PURGE_PER_LEASE = 5_000
 _PAGE = 512
+#: Second key of the advisory lock only one collecting transaction holds at a time.
+_COLLECT_LOCK = 2
 
 _B_PAGE = (
     "SELECT ip, message, ts_ms, expires_ms, received_ms, seq FROM signals"
@@ -342,7 +348,17 @@ async def _advance(conn: Conn, q: ProviderQueue, levels: Collection[int]) -> Non
 
 
 async def _collect(conn: Conn, level: int) -> None:
-    """Delete broadcast entries every tracked provider (of every replica) has settled."""
+    """Delete broadcast entries every tracked provider (of every replica) has settled.
+
+    Only one transaction at a time collects (a transaction-scoped advisory lock, tried,
+    never waited for): the others skip it rather than queue on the deleted rows and the
+    ``deleted`` counter row until the collector commits. What they skip is collected by
+    the next ack or by :func:`collect`, which each replica runs with its sweeps.
+    """
+    if not await conn.fetchval(
+        "SELECT pg_try_advisory_xact_lock($1, $2)", ADVISORY_NAMESPACE, _COLLECT_LOCK
+    ):
+        return
     await conn.execute(
         "WITH gone AS (DELETE FROM signals WHERE risk = $1"
         " AND seq <= (SELECT min(seq) FROM cursors WHERE risk = $1) RETURNING 1)"
@@ -350,6 +366,12 @@ async def _collect(conn: Conn, level: int) -> None:
         " WHERE name = 'deleted'",
         level,
     )
+
+
+async def collect(conn: Conn) -> None:
+    """Collect every level (an ack whose collection was skipped may have been the last)."""
+    for level in LEVELS:
+        await _collect(conn, level)
 
 
 async def settle(

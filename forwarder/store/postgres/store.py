@@ -76,6 +76,8 @@ class PostgresStore:
         self._max_age_ms = max_age_ms
         self._observer = observer
         self._pool: asyncpg.Pool | None = None
+        #: Ingest's own connection: deliveries holding the main pool cannot starve it.
+        self._write_pool: asyncpg.Pool | None = None
         self._listener: PoolConnectionProxy[asyncpg.Record] | None = None
         self._writer: GroupCommit | None = None
         self._queues: dict[str, ProviderQueue] = {}
@@ -114,8 +116,16 @@ class PostgresStore:
                     await require_current(conn)
             self._listener = await self._pool.acquire()
             await self._listener.add_listener(CHANGED_CHANNEL, self._heard)
+            self._write_pool = await asyncpg.create_pool(
+                self._dsn,
+                min_size=1,
+                max_size=1,  # one group commit is in flight at a time
+                timeout=10,
+                command_timeout=60,
+                server_settings={"application_name": self._application_name},
+            )
             self._writer = GroupCommit(
-                self._pool.acquire, on_commit=self._after_commit, origin=self.origin
+                self._write_pool.acquire, on_commit=self._after_commit, origin=self.origin
             )
             self._writer.start()
             for provider in self._providers:
@@ -139,6 +149,9 @@ class PostgresStore:
         if self._writer is not None:
             await self._writer.stop()
             self._writer = None
+        if self._write_pool is not None:
+            await self._write_pool.close()
+            self._write_pool = None
         if self._listener is not None and self._pool is not None:
             with contextlib.suppress(*DB_ERRORS):
                 await self._listener.remove_listener(CHANGED_CHANNEL, self._heard)
@@ -485,6 +498,7 @@ class PostgresStore:
         while more:
             async with self._tx() as conn:
                 expired, more = await queue.sweep(conn, cutoff_ms=now_ms - max_age_ms, busy=busy)
+                await queue.collect(conn)
                 for q in self._queues.values():
                     if q.done and (q.fence is None or q.leases):
                         await queue.advance(conn, q)
