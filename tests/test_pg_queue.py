@@ -15,6 +15,7 @@ import pytest
 
 from forwarder.store.postgres import owners, queue
 from forwarder.store.postgres.queue import ProviderQueue
+from forwarder.store.postgres.schema import ADVISORY_NAMESPACE
 from forwarder.store.postgres.writer import BroadcastRow, TargetedRow
 from tests.pg import pg_pool  # noqa: F401 - the `pool` fixture
 from tests.pg import write_rows as add
@@ -184,3 +185,29 @@ async def test_a_former_owner_cannot_move_the_cursor(pool: asyncpg.Pool) -> None
     qb = await attach(pool, "acme", fence=("B", lb.epoch))
     _, resent, _ = await lease(pool, qb)
     assert sorted(resent) == sorted(in_flight)
+
+
+async def test_an_ack_does_not_wait_for_another_transaction_collecting(
+    pool: asyncpg.Pool,
+) -> None:
+    """While one transaction collects (holding the collection lock and the 'deleted'
+    counter row), another provider's ack commits at once instead of queueing behind it;
+    what it skipped is collected by the next collection."""
+    qs = [await attach(pool, p) for p in ("a", "b")]
+    await add(pool, [b("10.0.0.1")])
+    lease_a, _, _ = await lease(pool, qs[0])
+    await ack(pool, qs[0], lease_a)
+    lease_b, _, _ = await lease(pool, qs[1])
+    async with pool.acquire() as other, other.transaction():
+        await other.execute("SELECT pg_advisory_xact_lock($1, 2)", ADVISORY_NAMESPACE)
+        await other.execute("SELECT 1 FROM counters WHERE name = 'deleted' FOR UPDATE")
+        async with pool.acquire() as conn:
+            await conn.execute("SET lock_timeout = '2s'")
+            async with conn.transaction():
+                assert await queue.settle(conn, qs[1], lease_b) == 1
+            await conn.execute("RESET lock_timeout")
+    assert await stored(pool) == 1  # every provider settled it, not yet collected
+    async with pool.acquire() as conn, conn.transaction():
+        await queue.collect(conn)
+    assert await stored(pool) == 0
+    assert await pool.fetchval("SELECT count(*) FROM signals") == 0
