@@ -47,11 +47,16 @@ async def dispatch_replicated(
     s = daemon.settings
     log = structlog.get_logger("forwarder")
     by_name = {p.name: p for p in s.providers}
+    daemon.replica_keys.update(keys)
     host = socket.gethostname()
     replica = Replica(f"{host}-{os.getpid()}-{secrets.token_hex(2)}", host, os.getpid())
 
     async def start(provider: str, epoch: int, own_stop: asyncio.Event) -> None:
-        p = by_name[provider]
+        # The settings and keys of now: a reload may have changed them since the start.
+        p = daemon.provider_settings(provider)
+        key = daemon.replica_keys.get(provider)
+        if p is None or key is None:
+            return  # removed by a reload meanwhile; the coordinator releases it
         await store.adopt(provider, (replica.id, epoch))
         calls = FencedCallLog(
             pool=store.pool,
@@ -62,7 +67,7 @@ async def dispatch_replicated(
             window_s=p.window_s,
             clock=daemon.clock,
         )
-        dispatcher = await daemon.build_dispatcher(p, keys[provider], calls=calls)
+        dispatcher = await daemon.build_dispatcher(p, key, calls=calls)
         owned[provider] = dispatcher
         try:
             await dispatcher.run(own_stop)
@@ -80,6 +85,7 @@ async def dispatch_replicated(
         observer=ObserverGroup(
             tasks, OwnershipMetrics(daemon.metrics.registry, live=lambda: len(coordinator.live))
         ),
+        on_config=daemon.config_announced,
     )
     daemon.coordinator = coordinator
     coord_stop = asyncio.Event()
