@@ -14,7 +14,10 @@ so the window is held open: the store must answer as for any lost connection (a
 
 from __future__ import annotations
 
+import asyncio
 import struct
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +25,9 @@ import pytest
 from forwarder.errors import StoreError
 from forwarder.signals import RiskLevel, Signal
 from forwarder.store.postgres.store import PostgresStore
+from tests.harness import ips
 from tests.pg import PgCluster
+from tests.test_pg_replicas import fleet, signals
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
@@ -68,3 +73,33 @@ async def test_a_terminated_idle_connection_means_store_error_then_recovery(
         assert await store.probe_writable() is True
         await store.add([((), signal)])
         assert store.writable
+
+
+async def test_an_owner_hears_other_replicas_commits_after_the_server_dropped_its_sessions(
+    tmp_path: Path, pg_cluster: PgCluster, pg_dsn: str
+) -> None:
+    """Every session is terminated (a failover, an admin): the owner's store LISTENs again,
+    so a signal posted to the other replica afterwards still wakes the owner's dispatcher."""
+    name = pg_dsn.rsplit("/", 1)[1]
+    async with fleet(tmp_path, pg_cluster, pg_dsn) as f:
+        await f.add_org("org-0")
+        await f.start("a")
+        await f.start("b")
+        await f.until(lambda: sum(map(len, f.owned().values())) == 1)
+        assert await f.post("a", signals(ips(3))) == 202
+        await f.until(lambda: f.delivered_everywhere(set(ips(3))))
+        pg_cluster.sql(
+            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+        )
+        for replica in ("a", "b"):
+            deadline = time.monotonic() + 10
+            while (await f.get(replica, "/readyz"))[0] != 200:
+                assert time.monotonic() < deadline, "never ready again"
+                await asyncio.sleep(0.2)
+        await f.until(lambda: sum(map(len, f.owned().values())) == 1)
+        await asyncio.sleep(1.0)  # any re-listening is done by now
+        owner = next(r for r, held in f.owned().items() if held)
+        other = "b" if owner == "a" else "a"
+        later = ips(3, offset=10)
+        assert await f.post(other, signals(later)) == 202
+        await f.until(lambda: f.delivered_everywhere(set(later)), seconds=15)
