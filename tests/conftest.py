@@ -13,7 +13,7 @@ __all__ = ["pg_cluster", "pg_dsn", "require_tool"]
 
 
 def require_tool(name: str) -> str:
-    """Path of an external tool (prometheus, promtool, redis-server, podman, ...).
+    """Path of an external tool (prometheus, promtool, podman, pg_ctl, ...).
 
     Skips the test when missing on a developer machine; fails it in CI, where
     ``.ci/run`` sets ``FORWARDER_REQUIRE_SERVICES=1`` after installing everything.

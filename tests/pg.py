@@ -25,16 +25,27 @@ import secrets
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+import asyncpg
 import pytest
 
+from forwarder.store.postgres.schema import migrate
+from forwarder.store.postgres.writer import BroadcastRow, TargetedRow, upsert_rows
 from tests.procs import free_port
 
-__all__ = ["PgCluster", "pg_bin_dir", "pg_cluster", "pg_dsn", "start_cluster"]
+__all__ = [
+    "PgCluster",
+    "pg_bin_dir",
+    "pg_cluster",
+    "pg_dsn",
+    "pg_pool",
+    "start_cluster",
+    "write_rows",
+]
 
 _USER = "postgres"
 _counter = itertools.count(1)
@@ -201,3 +212,23 @@ def pg_dsn(pg_cluster: PgCluster) -> Iterator[str]:
         yield pg_cluster.dsn(name)
     finally:
         pg_cluster.drop_database(name)
+
+
+@pytest.fixture(name="pool")
+async def pg_pool(pg_dsn: str) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on a fresh database with forwarder's schema (import it to use ``pool``)."""
+    made = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=6)
+    try:
+        async with made.acquire() as conn:
+            await migrate(conn)
+        yield made
+    finally:
+        await made.close()
+
+
+async def write_rows(
+    pool: asyncpg.Pool, broadcast: Sequence[BroadcastRow], targeted: Sequence[TargetedRow] = ()
+) -> None:
+    """Store broadcast and targeted rows in one transaction, as the writer does."""
+    async with pool.acquire() as conn, conn.transaction():
+        await upsert_rows(conn, [*broadcast, *targeted])

@@ -8,7 +8,6 @@ cursor writes and a new owner resuming where the old one's acks left off.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
 from itertools import count
 
 import asyncpg
@@ -16,8 +15,9 @@ import pytest
 
 from forwarder.store.postgres import owners, queue
 from forwarder.store.postgres.queue import ProviderQueue
-from forwarder.store.postgres.schema import migrate
-from forwarder.store.postgres.writer import BroadcastRow, TargetedRow, upsert_rows
+from forwarder.store.postgres.writer import BroadcastRow, TargetedRow
+from tests.pg import pg_pool  # noqa: F401 - the `pool` fixture
+from tests.pg import write_rows as add
 
 pytestmark = pytest.mark.slow
 
@@ -33,24 +33,6 @@ def b(ip: str, risk: int = LOW, ts: int = NOW, expires: int | None = None) -> Br
 
 def t(provider: str, ip: str, risk: int = LOW, ts: int = NOW) -> TargetedRow:
     return (provider, ip, risk, "m", ts, None, ts)
-
-
-@pytest.fixture
-async def pool(pg_dsn: str) -> AsyncIterator[asyncpg.Pool]:
-    made = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=4)
-    try:
-        async with made.acquire() as conn:
-            await migrate(conn)
-        yield made
-    finally:
-        await made.close()
-
-
-async def add(
-    pool: asyncpg.Pool, broadcast: Sequence[BroadcastRow], targeted: Sequence[TargetedRow] = ()
-) -> None:
-    async with pool.acquire() as conn, conn.transaction():
-        await upsert_rows(conn, [*broadcast, *targeted])
 
 
 async def attach(

@@ -7,20 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
 import pytest
 
-from forwarder.store.postgres.schema import migrate
 from forwarder.store.postgres.writer import (
     CHANGED_CHANNEL,
     BroadcastRow,
     GroupCommit,
     TargetedRow,
     changes_payload,
-    upsert_rows,
 )
+from tests.pg import pg_pool  # noqa: F401 - the `pool` fixture
+from tests.pg import write_rows as write
 
 pytestmark = pytest.mark.slow
 
@@ -33,24 +32,6 @@ def b(ip: str, risk: int, ts: int, msg: str = "m") -> BroadcastRow:
 
 def t(provider: str, ip: str, risk: int, ts: int, msg: str = "m") -> TargetedRow:
     return (provider, ip, risk, msg, ts, None, ts)
-
-
-@pytest.fixture
-async def pool(pg_dsn: str) -> AsyncIterator[asyncpg.Pool]:
-    made = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=6)
-    try:
-        async with made.acquire() as conn:
-            await migrate(conn)
-        yield made
-    finally:
-        await made.close()
-
-
-async def write(
-    pool: asyncpg.Pool, broadcast: list[BroadcastRow], targeted: Sequence[TargetedRow] = ()
-) -> None:
-    async with pool.acquire() as conn, conn.transaction():
-        await upsert_rows(conn, [*broadcast, *targeted])
 
 
 async def rows(pool: asyncpg.Pool, table: str) -> dict[str, tuple[int, str, int, int]]:
