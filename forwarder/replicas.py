@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from forwarder.errors import StoreError
 from forwarder.okta.keys import SigningKey
 from forwarder.ownership import OwnedTasks
 from forwarder.store import StoreBackend
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
     from forwarder.app import Daemon
 
 __all__ = ["dispatch_replicated"]
+
+#: Seconds between attempts to start an owned provider's dispatcher while the store fails.
+START_RETRY_S = 1.0
 
 
 async def dispatch_replicated(
@@ -57,7 +61,6 @@ async def dispatch_replicated(
         key = daemon.replica_keys.get(provider)
         if p is None or key is None:
             return  # removed by a reload meanwhile; the coordinator releases it
-        await store.adopt(provider, (replica.id, epoch))
         calls = FencedCallLog(
             pool=store.pool,
             provider=provider,
@@ -67,7 +70,22 @@ async def dispatch_replicated(
             window_s=p.window_s,
             clock=daemon.clock,
         )
-        dispatcher = await daemon.build_dispatcher(p, key, calls=calls)
+        while True:
+            # The database may be unreachable just as a lease is granted (a failover):
+            # try again while the lease holds; a store error here must not end the daemon.
+            try:
+                await store.adopt(provider, (replica.id, epoch))
+                dispatcher = await daemon.build_dispatcher(p, key, calls=calls)
+                break
+            except StoreError as exc:
+                log.warning("provider_start_failed", provider=provider, error=str(exc))
+                napping = asyncio.ensure_future(daemon.clock.sleep(START_RETRY_S))
+                stopping = asyncio.ensure_future(own_stop.wait())
+                await asyncio.wait({napping, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                napping.cancel()
+                stopping.cancel()
+                if own_stop.is_set():
+                    return
         owned[provider] = dispatcher
         try:
             await dispatcher.run(own_stop)
