@@ -21,6 +21,8 @@ everything unsent stays in the store.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import signal
 import socket
 from collections.abc import Mapping, Sequence
@@ -68,6 +70,19 @@ __all__ = ["Daemon", "run_until_signalled"]
 #: signals in memory (610 MiB) and a thousand leases queued at the store ahead of ingest;
 #: calls beyond this wait for a slot (FIFO, so every org gets its turn).
 LEASES_IN_FLIGHT = 32
+
+
+#: A replica that heard another reload but still reads another provider set from its own
+#: file (a ConfigMap reaches each pod's mount up to a minute or so apart) looks again
+#: this often, this many times.
+FOLLOW_RETRY_S = 5.0
+FOLLOW_RETRIES = 36
+
+
+def providers_hash(providers: Sequence[ProviderSettings]) -> str:
+    """A short digest of a provider set: what a reload announces to the other replicas."""
+    text = json.dumps([p.model_dump(mode="json") for p in providers], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def store_where(store: object) -> str:
@@ -134,6 +149,13 @@ class Daemon:
         #: What telemetry reads (``/readyz``, scrape-time gauges).
         self.view = DaemonView(self)
         self._reload_wanted = asyncio.Event()
+        #: The next reload was asked by SIGHUP here (announce it) rather than by a NOTIFY.
+        self._reload_here = False
+        #: The provider set another replica announced that this one has not read yet.
+        self._announced = ""
+        #: With several replicas: each provider's keys and settings as of the last reload.
+        self.replica_keys: dict[str, tuple[SigningKey, SigningKey | None]] = {}
+        self._by_name = {p.name: p for p in settings.providers}
         self._reload_lock = asyncio.Lock()
         self._slots = asyncio.Semaphore(LEASES_IN_FLIGHT)
         self._log = structlog.get_logger("forwarder")
@@ -344,34 +366,84 @@ class Daemon:
     # -- reload ----------------------------------------------------------------------
 
     def request_reload(self) -> None:
-        """Re-read the config soon (the SIGHUP handler)."""
+        """Re-read the config soon (the SIGHUP handler); with several replicas, tell them."""
+        self._reload_here = True
+        self._reload_wanted.set()
+
+    def provider_settings(self, name: str) -> ProviderSettings | None:
+        """The settings of provider ``name`` as of the last config applied."""
+        return self._by_name.get(name)
+
+    def config_announced(self, digest: str) -> None:
+        """Another replica applied a provider set (``digest``; "" if unknown): re-read ours."""
+        if digest and digest == providers_hash(self.settings.providers):
+            self._announced = ""
+            return
+        self._announced = digest
         self._reload_wanted.set()
 
     async def _reload_loop(self) -> None:
+        behind = 0
         while True:
-            await self._reload_wanted.wait()
+            if behind:
+                # Our file still says something else than what was announced: look again.
+                waiting = asyncio.ensure_future(self._reload_wanted.wait())
+                napping = asyncio.ensure_future(self.clock.sleep(FOLLOW_RETRY_S))
+                await asyncio.wait({waiting, napping}, return_when=asyncio.FIRST_COMPLETED)
+                waiting.cancel()
+                napping.cancel()
+            else:
+                await self._reload_wanted.wait()
             self._reload_wanted.clear()
+            here, self._reload_here = self._reload_here, False
             try:
-                await self.reload()
+                await self.reload(announce=here)
             except Exception as exc:
                 # A bug in applying a config must not stop a daemon serving every org.
                 self._log.exception("config_reload_crashed", error=f"{type(exc).__name__}: {exc}")
                 self.metrics.config_loaded(ok=False, at=self.clock.time())
+            if self._announced and self._announced != providers_hash(self.settings.providers):
+                behind += 1
+                if behind > FOLLOW_RETRIES:
+                    self._log.error(
+                        "config_reload_diverged",
+                        announced=self._announced,
+                        hint="this replica's config file differs from the one another replica"
+                        " applied; check the ConfigMap mount, then send SIGHUP",
+                    )
+                    self._announced, behind = "", 0
+            else:
+                self._announced, behind = "", 0
 
-    async def reload(self) -> bool:
-        """Re-read the config file and apply it; False (old config kept) when it is invalid."""
+    async def _announce(self) -> None:
+        """Tell the other replicas (PostgreSQL) that this provider set is now applied."""
+        from forwarder.store.postgres.owners import CONFIG_CHANNEL  # noqa: PLC0415
+        from forwarder.store.postgres.store import PostgresStore  # noqa: PLC0415
+
+        assert isinstance(self.store, PostgresStore)
+        digest = providers_hash(self.settings.providers)
+        try:
+            async with self.store.pool.acquire() as conn:
+                await conn.execute("SELECT pg_notify($1, $2)", CONFIG_CHANNEL, digest)
+        except Exception as exc:
+            self._log.error(
+                "config_announce_failed",
+                error=f"{type(exc).__name__}: {exc}",
+                hint="the other replicas keep their config; send them SIGHUP once the"
+                " database is reachable",
+            )
+            return
+        self._log.info("config_announced", providers=digest)
+
+    async def reload(self, *, announce: bool = True) -> bool:
+        """Re-read the config file and apply it; False (old config kept) when it is invalid.
+
+        With several replicas (PostgreSQL) a valid reload is announced (``announce``):
+        every replica re-reads its own file, validates it the same way and applies it.
+        """
         async with self._reload_lock:
             if self.config_path is None:
                 self._log.warning("config_reload_skipped", reason="started without a config file")
-                return False
-            if self.owned is not None:
-                # Replicas share providers through leases; a reload must reach them all.
-                self._log.error(
-                    "config_reload_failed",
-                    reason="SIGHUP reload is not supported with store.backend = postgres yet",
-                    hint="roll the replicas (kubectl rollout restart) to apply a new config",
-                )
-                self.metrics.config_loaded(ok=False, at=self.clock.time())
                 return False
             try:
                 # Parsing, globbing drop-ins and reading changed key files stay off the loop.
@@ -391,6 +463,8 @@ class Daemon:
                 return False
             await self._apply(new, keys)
             self.metrics.config_loaded(ok=True, at=self.clock.time())
+            if announce and self.owned is not None:
+                await self._announce()
             return True
 
     async def _apply(
@@ -418,6 +492,7 @@ class Daemon:
         self.settings = self.settings.model_copy(
             update={"providers": new.providers, "provider_files": new.provider_files}
         )
+        self._by_name = dict(wanted)
         self.metrics.add_providers(added)
         assert self.store is not None
         for name in added:
@@ -425,6 +500,18 @@ class Daemon:
             await self.store.attach(name)
         # Ingest routes to the new set at once (a removed name gets its 400 from here on).
         self._ingest.set_providers(list(wanted))
+        if self.owned is not None:
+            # Several replicas: the coordinator gives up removed and changed providers
+            # (their dispatchers stop after the call in flight) and releases their leases;
+            # new and changed ones are claimable, each dispatcher built when its lease is
+            # granted, with the settings and keys of now.
+            for name in removed:
+                self.replica_keys.pop(name, None)
+            self.replica_keys.update(keys)
+            self.coordinator.set_providers(list(wanted), changed=changed)
+            self.metrics.remove_providers(removed)
+            self._log_reloaded(wanted, added, removed, changed)
+            return
 
         async def restart(name: str) -> None:
             previous = await sup.stop(name)
@@ -441,6 +528,15 @@ class Daemon:
         for name in removed:
             sup.retire(name, then=forget)
         await asyncio.gather(*(restart(n) for n in changed), *(start(n) for n in added))
+        self._log_reloaded(wanted, added, removed, changed)
+
+    def _log_reloaded(
+        self,
+        wanted: Mapping[str, ProviderSettings],
+        added: list[str],
+        removed: list[str],
+        changed: list[str],
+    ) -> None:
         self._log.info(
             "config_reloaded",
             providers=len(wanted),

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from forwarder.errors import StoreError
 from forwarder.okta.keys import SigningKey
 from forwarder.ownership import OwnedTasks
 from forwarder.store import StoreBackend
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
     from forwarder.app import Daemon
 
 __all__ = ["dispatch_replicated"]
+
+#: Seconds between attempts to start an owned provider's dispatcher while the store fails.
+START_RETRY_S = 1.0
 
 
 async def dispatch_replicated(
@@ -47,12 +51,16 @@ async def dispatch_replicated(
     s = daemon.settings
     log = structlog.get_logger("forwarder")
     by_name = {p.name: p for p in s.providers}
+    daemon.replica_keys.update(keys)
     host = socket.gethostname()
     replica = Replica(f"{host}-{os.getpid()}-{secrets.token_hex(2)}", host, os.getpid())
 
     async def start(provider: str, epoch: int, own_stop: asyncio.Event) -> None:
-        p = by_name[provider]
-        await store.adopt(provider, (replica.id, epoch))
+        # The settings and keys of now: a reload may have changed them since the start.
+        p = daemon.provider_settings(provider)
+        key = daemon.replica_keys.get(provider)
+        if p is None or key is None:
+            return  # removed by a reload meanwhile; the coordinator releases it
         calls = FencedCallLog(
             pool=store.pool,
             provider=provider,
@@ -62,7 +70,22 @@ async def dispatch_replicated(
             window_s=p.window_s,
             clock=daemon.clock,
         )
-        dispatcher = await daemon.build_dispatcher(p, keys[provider], calls=calls)
+        while True:
+            # The database may be unreachable just as a lease is granted (a failover):
+            # try again while the lease holds; a store error here must not end the daemon.
+            try:
+                await store.adopt(provider, (replica.id, epoch))
+                dispatcher = await daemon.build_dispatcher(p, key, calls=calls)
+                break
+            except StoreError as exc:
+                log.warning("provider_start_failed", provider=provider, error=str(exc))
+                napping = asyncio.ensure_future(daemon.clock.sleep(START_RETRY_S))
+                stopping = asyncio.ensure_future(own_stop.wait())
+                await asyncio.wait({napping, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                napping.cancel()
+                stopping.cancel()
+                if own_stop.is_set():
+                    return
         owned[provider] = dispatcher
         try:
             await dispatcher.run(own_stop)
@@ -80,6 +103,7 @@ async def dispatch_replicated(
         observer=ObserverGroup(
             tasks, OwnershipMetrics(daemon.metrics.registry, live=lambda: len(coordinator.live))
         ),
+        on_config=daemon.config_announced,
     )
     daemon.coordinator = coordinator
     coord_stop = asyncio.Event()

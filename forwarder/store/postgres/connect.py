@@ -15,8 +15,20 @@ from forwarder.store.postgres.schema import MigrationResult, migrate, require_cu
 
 __all__ = ["DB_ERRORS", "alive", "connect_error", "open_pool"]
 
-#: What a lost or refused connection, or a failed statement, raises.
-DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+#: What a lost or refused connection, or a failed statement, raises. That includes
+#: asyncpg's InternalClientError: when the server ends a session (``pg_terminate_backend``,
+#: a failover, a restart) it sends a FATAL ErrorResponse, then closes the socket; asyncpg
+#: reads the two in separate loop iterations, and in between an idle pooled connection is
+#: in its "error consume" state without being closed, so the pool hands it out and the
+#: next statement raises "cannot switch to state 15; another operation (2) is in
+#: progress". It is a lost connection like any other (the pool then terminates it).
+DB_ERRORS = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    TimeoutError,
+)
 
 
 def alive(conn: PoolConnectionProxy[asyncpg.Record]) -> bool:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -46,7 +46,8 @@ class OwnershipObserver(Protocol):
     def acquired(self, provider: str, epoch: int) -> None: ...
 
     def lost(self, provider: str, reason: str) -> None:
-        """``reason``: shed (rebalanced), lapsed (not renewed in time), released (stop)."""
+        """``reason``: shed (rebalanced), lapsed (not renewed in time), released (stop),
+        reconfigured (removed or changed by a config reload)."""
         ...
 
 
@@ -83,6 +84,7 @@ class Coordinator:
         ttl_s: float,
         clock: Clock,
         observer: OwnershipObserver | None = None,
+        on_config: Callable[[str], None] | None = None,
     ) -> None:
         self.replica = replica
         self.ttl_s = ttl_s
@@ -94,6 +96,9 @@ class Coordinator:
         self._held: dict[str, _Held] = {}
         self._wake = asyncio.Event()
         self._known: set[str] = set()
+        #: Held providers whose settings changed in a reload: released, then claimable.
+        self._reconfigured: set[str] = set()
+        self._on_config = on_config
         self.live: list[str] = []
         self._listener: tuple[asyncpg.Pool, PoolConnectionProxy[asyncpg.Record]] | None = None
         self._log = structlog.get_logger("forwarder.coordinator").bind(replica=replica.id)
@@ -111,9 +116,17 @@ class Coordinator:
         """Provider -> epoch of every lease held now."""
         return {p: e for p in self._held if (e := self.epoch(p)) is not None}
 
-    def set_providers(self, providers: Sequence[str]) -> None:
-        """A reload changed the configured providers; rebalance at once."""
+    def set_providers(self, providers: Sequence[str], *, changed: Collection[str] = ()) -> None:
+        """A reload changed the configured providers; rebalance at once.
+
+        Held providers no longer configured, and held ones whose settings ``changed``,
+        are given up at the next tick (their dispatchers stop after the call in flight)
+        and released; a changed one is then claimable again, by this replica or another,
+        under a new epoch, and its dispatcher is rebuilt from the new settings with its
+        budget history from the shared call log (keyed by app).
+        """
         self._providers = list(providers)
+        self._reconfigured.update(changed)
         self.wake()
 
     def wake(self) -> None:
@@ -157,6 +170,10 @@ class Coordinator:
     def _heard(self, *_: object) -> None:
         self.wake()
 
+    def _heard_config(self, *args: object) -> None:
+        if self._on_config is not None:
+            self._on_config(str(args[3]) if len(args) > 3 else "")
+
     async def _ensure_listening(self) -> None:
         """LISTEN on a connection of its own; again on a new one if the server dropped it.
 
@@ -164,15 +181,20 @@ class Coordinator:
         """
         if self._listener is not None and alive(self._listener[1]):
             return
+        again = self._listener is not None
         await self._stop_listening()
         pool = self._pool
         conn = await pool.acquire()
         try:
             await conn.add_listener(owners.OWNERS_CHANNEL, self._heard)
+            await conn.add_listener(owners.CONFIG_CHANNEL, self._heard_config)
         except BaseException:
             await pool.release(conn)
             raise
         self._listener = (pool, conn)
+        if again and self._on_config is not None:
+            # A config announced while we were not listening would be missed: look now.
+            self._on_config("")
 
     async def _stop_listening(self) -> None:
         if self._listener is None:
@@ -181,6 +203,8 @@ class Coordinator:
         self._listener = None
         with contextlib.suppress(Exception):
             await conn.remove_listener(owners.OWNERS_CHANNEL, self._heard)
+        with contextlib.suppress(Exception):
+            await conn.remove_listener(owners.CONFIG_CHANNEL, self._heard_config)
         with contextlib.suppress(Exception):
             await pool.release(conn)
 
@@ -205,6 +229,15 @@ class Coordinator:
                     self._lose(provider, "lapsed")
                 for provider in kept:
                     self._held[provider].deadline = started + self.ttl_s
+            configured_now = set(self._providers)
+            gone = sorted(
+                p for p in self._held if p not in configured_now or p in self._reconfigured
+            )
+            self._reconfigured.clear()
+            if gone:
+                for provider in gone:
+                    self._lose(provider, "reconfigured")
+                await owners.release(conn, self.replica.id, gone)
             step = plan(self.replica.id, self.live, self._providers, self._held)
             if step.release:
                 for provider in step.release:

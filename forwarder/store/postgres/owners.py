@@ -26,6 +26,7 @@ from typing import Literal
 from forwarder.store.postgres.conn import Conn
 
 __all__ = [
+    "CONFIG_CHANNEL",
     "OWNERS_CHANNEL",
     "Lease",
     "Ownership",
@@ -42,6 +43,8 @@ __all__ = [
     "reserve_call",
 ]
 
+#: A replica reloaded its config (payload: the provider set's hash); the others re-read theirs.
+CONFIG_CHANNEL = "forwarder_config"
 #: The NOTIFY channel (spelled out in the SQL below too).
 OWNERS_CHANNEL = "forwarder_owners"
 

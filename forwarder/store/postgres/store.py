@@ -28,6 +28,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import asyncpg
+import structlog
 from asyncpg.pool import PoolConnectionProxy
 
 from forwarder.errors import StoreError, StoreFull
@@ -44,6 +45,8 @@ from forwarder.store.postgres.writer import CHANGED_CHANNEL, GroupCommit, Row, U
 __all__ = ["PostgresReader", "PostgresStore"]
 
 _SWEEP_EVERY_MS = 60_000
+#: Seconds between attempts to LISTEN again after the server ended that session.
+RELISTEN_S = 1.0
 _CALL_LOG_KEEP_MS = 3_600_000
 
 
@@ -79,6 +82,8 @@ class PostgresStore:
         #: Ingest's own connection: deliveries holding the main pool cannot starve it.
         self._write_pool: asyncpg.Pool | None = None
         self._listener: PoolConnectionProxy[asyncpg.Record] | None = None
+        self._relistening: asyncio.Task[None] | None = None
+        self._log = structlog.get_logger("forwarder.store")
         self._writer: GroupCommit | None = None
         self._queues: dict[str, ProviderQueue] = {}
         self._counts: dict[str, dict[int, int]] = {}
@@ -114,8 +119,7 @@ class PostgresStore:
                     await migrate(conn)
                 else:
                     await require_current(conn)
-            self._listener = await self._pool.acquire()
-            await self._listener.add_listener(CHANGED_CHANNEL, self._heard)
+            await self._listen()
             self._write_pool = await asyncpg.create_pool(
                 self._dsn,
                 min_size=1,
@@ -145,7 +149,48 @@ class PostgresStore:
         self._closing = True
         await self._close()
 
+    async def _listen(self) -> None:
+        """LISTEN for other replicas' commits on a connection of its own."""
+        assert self._pool is not None
+        conn = await self._pool.acquire()
+        try:
+            await conn.add_listener(CHANGED_CHANNEL, self._heard)
+            conn.add_termination_listener(self._listener_lost)
+        except BaseException:
+            await self._pool.release(conn)
+            raise
+        self._listener = conn
+
+    def _listener_lost(self, *_: object) -> None:
+        """The server ended the LISTEN session (restart, failover, terminate): listen again.
+
+        Without it this replica would never again hear another replica's commits, and an
+        idle dispatcher here would sleep through them.
+        """
+        self._listener = None
+        if self._closing or self._pool is None:
+            return
+        if self._relistening is None or self._relistening.done():
+            self._relistening = asyncio.ensure_future(self._relisten())
+
+    async def _relisten(self) -> None:
+        while not self._closing and self._pool is not None:
+            try:
+                await self._listen()
+            except DB_ERRORS as exc:
+                self._log.warning("store_listen_failed", error=str(exc))
+                await asyncio.sleep(RELISTEN_S)
+                continue
+            # Commits announced while deaf were missed: every tracked provider takes a look.
+            self._heard(None, None, None, '{"all": true}')
+            return
+
     async def _close(self) -> None:
+        if self._relistening is not None:
+            self._relistening.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._relistening
+            self._relistening = None
         if self._writer is not None:
             await self._writer.stop()
             self._writer = None
@@ -153,6 +198,8 @@ class PostgresStore:
             await self._write_pool.close()
             self._write_pool = None
         if self._listener is not None and self._pool is not None:
+            with contextlib.suppress(*DB_ERRORS):
+                self._listener.remove_termination_listener(self._listener_lost)
             with contextlib.suppress(*DB_ERRORS):
                 await self._listener.remove_listener(CHANGED_CHANNEL, self._heard)
             with contextlib.suppress(*DB_ERRORS):

@@ -288,7 +288,12 @@ class GroupCommit:
                 rows = [r for batch, _ in group for r in batch]
                 try:
                     result = await self._commit(rows)
-                except StoreError as exc:
+                except Exception as exc:
+                    # Whatever failed, every waiter hears it (503): a surprise that ended
+                    # this loop would leave ingest requests waiting forever.
+                    if not isinstance(exc, StoreError):
+                        self._log.exception("store_write_crashed", error=type(exc).__name__)
+                        exc = StoreError(f"PostgreSQL write failed: {type(exc).__name__}: {exc}")
                     self.ok = False
                     self._log.warning("store_write_failed", error=str(exc))
                     for _, fut in group:

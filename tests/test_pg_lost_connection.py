@@ -1,0 +1,105 @@
+"""A pooled connection the server is terminating, caught between its last message and EOF.
+
+``pg_terminate_backend`` (an admin, a failover, a restart) makes the server send a FATAL
+ErrorResponse on every connection, then close it. asyncpg reads the two in separate loop
+iterations: after the message and before the EOF, an *idle* connection is in its
+"error consume" state yet not closed, so the pool hands it out, and the next statement
+fails with ``InternalClientError: cannot switch to state 15; another operation (2) is in
+progress``. Under load that window is wide enough to hit (the flaky
+``test_unreachable_postgres_means_503_and_not_ready_then_recovers``). Here the FATAL
+message is delivered to the idle connections exactly as the socket would, without the EOF,
+so the window is held open: the store must answer as for any lost connection (a
+``StoreError``, i.e. ingest's 503), throw those connections away, and work again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from forwarder.errors import StoreError
+from forwarder.signals import RiskLevel, Signal
+from forwarder.store.postgres.store import PostgresStore
+from tests.harness import ips
+from tests.pg import PgCluster
+from tests.test_pg_replicas import fleet, signals
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
+
+
+def fatal_terminating() -> bytes:
+    """The ErrorResponse the server sends when ``pg_terminate_backend`` ends a session."""
+    fields = b"".join(
+        code + text + b"\0"
+        for code, text in (
+            (b"S", b"FATAL"),
+            (b"V", b"FATAL"),
+            (b"C", b"57P01"),
+            (b"M", b"terminating connection due to administrator command"),
+        )
+    )
+    body = fields + b"\0"
+    return b"E" + struct.pack("!i", len(body) + 4) + body
+
+
+def idle_connections(store: PostgresStore) -> list[Any]:
+    pool: Any = store.pool  # reaching into the pool on purpose: the wire, not the API
+    holders = pool._holders
+    return [h._con for h in holders if h._con is not None and h._in_use is None]
+
+
+async def test_a_terminated_idle_connection_means_store_error_then_recovery(
+    pg_cluster: PgCluster, pg_dsn: str
+) -> None:
+    signal = Signal("192.0.2.1", RiskLevel.HIGH, "scanner", 1, None, 1)
+    async with PostgresStore(pg_dsn, providers=["org-0"], pool_size=4) as store:
+        await store.add([((), signal)])
+        idle = idle_connections(store)
+        assert idle
+        for conn in idle:
+            conn._protocol.data_received(fatal_terminating())
+        refused = 0
+        for _ in range(len(idle)):
+            try:
+                await store.add([((), signal)])
+            except StoreError:
+                refused += 1
+        assert refused >= 1
+        assert await store.probe_writable() is True
+        await store.add([((), signal)])
+        assert store.writable
+
+
+async def test_an_owner_hears_other_replicas_commits_after_the_server_dropped_its_sessions(
+    tmp_path: Path, pg_cluster: PgCluster, pg_dsn: str
+) -> None:
+    """Every session is terminated (a failover, an admin): the owner's store LISTENs again,
+    so a signal posted to the other replica afterwards still wakes the owner's dispatcher."""
+    name = pg_dsn.rsplit("/", 1)[1]
+    async with fleet(tmp_path, pg_cluster, pg_dsn) as f:
+        await f.add_org("org-0")
+        await f.start("a")
+        await f.start("b")
+        await f.until(lambda: sum(map(len, f.owned().values())) == 1)
+        assert await f.post("a", signals(ips(3))) == 202
+        await f.until(lambda: f.delivered_everywhere(set(ips(3))))
+        pg_cluster.sql(
+            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+        )
+        for replica in ("a", "b"):
+            deadline = time.monotonic() + 10
+            while (await f.get(replica, "/readyz"))[0] != 200:
+                assert time.monotonic() < deadline, "never ready again"
+                await asyncio.sleep(0.2)
+        await f.until(lambda: sum(map(len, f.owned().values())) == 1)
+        await asyncio.sleep(1.0)  # any re-listening is done by now
+        owner = next(r for r, held in f.owned().items() if held)
+        other = "b" if owner == "a" else "a"
+        later = ips(3, offset=10)
+        assert await f.post(other, signals(later)) == 202
+        await f.until(lambda: f.delivered_everywhere(set(later)), seconds=15)
