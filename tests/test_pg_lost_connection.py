@@ -48,8 +48,10 @@ def fatal_terminating() -> bytes:
 
 
 def idle_connections(store: PostgresStore) -> list[Any]:
-    pool: Any = store.pool  # reaching into the pool on purpose: the wire, not the API
-    holders = pool._holders
+    """Idle connections of both pools (queries, and the group commit's own connection)."""
+    # Reaching into the pools on purpose: the wire, not the API.
+    pools: list[Any] = [store.pool, store._write_pool]
+    holders = [h for pool in pools if pool is not None for h in pool._holders]
     return [h._con for h in holders if h._con is not None and h._in_use is None]
 
 
@@ -59,18 +61,24 @@ async def test_a_terminated_idle_connection_means_store_error_then_recovery(
     signal = Signal("192.0.2.1", RiskLevel.HIGH, "scanner", 1, None, 1)
     async with PostgresStore(pg_dsn, providers=["org-0"], pool_size=4) as store:
         await store.add([((), signal)])
-        idle = idle_connections(store)
-        assert idle
-        for conn in idle:
-            conn._protocol.data_received(fatal_terminating())
         refused = 0
-        for _ in range(len(idle)):
+        poisoned = 0
+        for _ in range(3):
+            # Whatever sits idle in the pools now gets the server's FATAL, as a terminate
+            # does; the next use of such a connection must be a StoreError (503), no crash.
+            idle = idle_connections(store)
+            poisoned += len(idle)
+            for conn in idle:
+                conn._protocol.data_received(fatal_terminating())
             try:
                 await store.add([((), signal)])
             except StoreError:
                 refused += 1
+        assert poisoned
         assert refused >= 1
-        assert await store.probe_writable() is True
+        # Each failed use discards one dead connection: the store recovers by itself.
+        probes = [await store.probe_writable() for _ in range(poisoned + 1)]
+        assert probes[-1] is True
         await store.add([((), signal)])
         assert store.writable
 
