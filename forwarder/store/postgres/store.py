@@ -88,7 +88,7 @@ class PostgresStore:
         self._queues: dict[str, ProviderQueue] = {}
         self._counts: dict[str, dict[int, int]] = {}
         self._dead: dict[str, int] = defaultdict(int)
-        self._events: dict[str, asyncio.Event] = {}
+        self._events: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
         self._entries = 0
         self._lease_ids = itertools.count(1)
         self._next_sweep_ms = 0
@@ -278,10 +278,7 @@ class PostgresStore:
         return self._dead.get(provider, 0)
 
     def changed(self, provider: str) -> asyncio.Event:
-        event = self._events.get(provider)
-        if event is None:
-            event = self._events[provider] = asyncio.Event()
-        return event
+        return self._events[provider]
 
     def wake_when(self, provider: str, *, pending: int = 1, high: bool = True) -> None:
         """Accepted and ignored: every commit (or NOTIFY) naming ``provider`` wakes it.

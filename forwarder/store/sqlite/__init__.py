@@ -143,7 +143,7 @@ class SqliteStore:
         self._conn: sqlite3.Connection | None = None
         self._st = queue.QueueState()
         self._dead: dict[str, int] = defaultdict(int)
-        self._events: dict[str, asyncio.Event] = {}
+        self._events: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
         #: ``wake_when`` registrations: provider -> (generation, total broadcast versions
         #: added at which it wakes); a heap of the same, oldest registrations left lazily.
         self._wake_at: dict[str, tuple[int, int]] = {}
@@ -255,10 +255,7 @@ class SqliteStore:
 
     def changed(self, provider: str) -> asyncio.Event:
         """Set whenever entries for ``provider`` (targeted or broadcast) are committed."""
-        event = self._events.get(provider)
-        if event is None:
-            event = self._events[provider] = asyncio.Event()
-        return event
+        return self._events[provider]
 
     def wake_when(self, provider: str, *, pending: int = 1, high: bool = True) -> None:
         """Set ``changed(provider)`` only once a commit brings its backlog estimate to
