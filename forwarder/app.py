@@ -70,6 +70,8 @@ __all__ = ["Daemon", "run_until_signalled"]
 #: signals in memory (610 MiB) and a thousand leases queued at the store ahead of ingest;
 #: calls beyond this wait for a slot (FIFO, so every org gets its turn).
 LEASES_IN_FLIGHT = 32
+#: Of those, how many are being leased or acked at once (see ``Dispatcher``).
+STORE_TURNS = 4
 
 
 #: A replica that heard another reload but still reads another provider set from its own
@@ -158,6 +160,7 @@ class Daemon:
         self._by_name = {p.name: p for p in settings.providers}
         self._reload_lock = asyncio.Lock()
         self._slots = asyncio.Semaphore(LEASES_IN_FLIGHT)
+        self._store_turns = asyncio.Semaphore(STORE_TURNS)
         self._log = structlog.get_logger("forwarder")
 
     @property
@@ -273,6 +276,7 @@ class Daemon:
             backoff_max_s=d.backoff_max_s,
             observer=self.metrics,
             slots=self._slots,
+            store_turns=self._store_turns,
         )
 
     # -- run -------------------------------------------------------------------------

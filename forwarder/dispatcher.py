@@ -176,6 +176,7 @@ class Dispatcher:
         rng: random.Random | None = None,
         call_key: str | None = None,
         slots: asyncio.Semaphore | None = None,
+        store_turns: asyncio.Semaphore | None = None,
     ) -> None:
         self.provider = provider
         #: The budget belongs to the receiving app; its calls are logged under this key.
@@ -206,6 +207,11 @@ class Dispatcher:
         #: settle). Bounds the signals materialised in memory and the dispatch work
         #: queued at the store ahead of ingest, whatever the number of providers.
         self._slots = slots
+        #: Shared too: leases and acks being worked at once. Their CPU (rows to signals,
+        #: payloads, settling) shares one event loop with ingest; fewer at a time keep
+        #: ingest requests from queueing behind hundreds of them, while calls waiting
+        #: on the network hold no turn (they do not limit the calls in flight).
+        self._store_turns = store_turns
         self._log = structlog.get_logger("forwarder.dispatcher").bind(provider=provider)
 
     @property
@@ -315,17 +321,23 @@ class Dispatcher:
                 return
         await self._persist_state()
 
+    def _turn(self) -> contextlib.AbstractAsyncContextManager[object]:
+        if self._store_turns is None:
+            return contextlib.nullcontext()
+        return self._store_turns
+
     async def _lease_and_send(self, stop: asyncio.Event) -> bool:
         """One lease, one call, and the lease settled; False when nothing was leased or
         the call never went out (no state to persist)."""
         now = self._clock.time()
-        lease = await self._store.lease(
-            self.provider,
-            limit=min(self.max_per_call, self._call_limit),
-            now_ms=int(now * 1000),
-            max_age_ms=self._max_age_ms,
-            expiry_margin_ms=self._margin_ms,
-        )
+        async with self._turn():
+            lease = await self._store.lease(
+                self.provider,
+                limit=min(self.max_per_call, self._call_limit),
+                now_ms=int(now * 1000),
+                max_age_ms=self._max_age_ms,
+                expiry_margin_ms=self._margin_ms,
+            )
         if lease.expired:
             self._log.info("signals_expired", count=lease.expired)
         if not lease.signals:
@@ -403,7 +415,8 @@ class Dispatcher:
                 await asyncio.shield(self._store.release(lease))
             raise
         else:
-            removed = await self._store.ack(lease)
+            async with self._turn():
+                removed = await self._store.ack(lease)
             self._after_call(spent_at, "accepted", started)
             self.budget.observe(delivery.window)
             self._failures = 0

@@ -111,3 +111,27 @@ async def test_an_owner_hears_other_replicas_commits_after_the_server_dropped_it
         later = ips(3, offset=10)
         assert await f.post(other, signals(later)) == 202
         await f.until(lambda: f.delivered_everywhere(set(later)), seconds=15)
+
+
+async def test_a_dropped_listen_connection_goes_back_and_the_pool_still_closes(
+    pg_dsn: str,
+) -> None:
+    """A LISTEN connection the server dropped still has its listeners (asyncpg cannot
+    UNLISTEN on a closed connection) and asyncpg warns when it is released. Given back
+    with :func:`discard`, the pool takes it back and closes; given back with a plain
+    release under an error filter for that warning (as tests run), it stayed checked out
+    and ``Pool.close()`` waited forever (the hang behind the flaky unreachable-PostgreSQL
+    test)."""
+    import asyncpg
+
+    from forwarder.store.postgres.connect import discard
+
+    pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=2)
+    conn = await pool.acquire()
+    await conn.add_listener("forwarder_test", lambda *_: None)
+    # The FATAL message arrives, the EOF not yet: not closed, listeners still attached.
+    conn._con._protocol.data_received(fatal_terminating())  # type: ignore[union-attr]
+    await asyncio.sleep(0)
+    assert conn._con is not None and conn._con._listeners  # type: ignore[union-attr]
+    await discard(pool, conn)
+    await asyncio.wait_for(pool.close(), 5)

@@ -16,7 +16,6 @@ from forwarder.store.postgres.writer import (
     BroadcastRow,
     GroupCommit,
     TargetedRow,
-    changes_payload,
 )
 from tests.pg import pg_pool  # noqa: F401 - the `pool` fixture
 from tests.pg import write_rows as write
@@ -98,14 +97,30 @@ async def test_targeted_entries_are_per_provider_and_announced_with_counts(
     ]  # fmt: skip
 
 
-def test_a_large_announcement_still_fits_a_notify() -> None:
-    """Thousands of targeted providers: names only, then "all"; always under 8000 bytes."""
-    many = {(f"org-{i:04d}", 1): (1, 1) for i in range(500)}
-    assert "n" in json.loads(changes_payload("r", {1: (1, 1)}, many))
-    huge = {(f"org-{i:05d}-with-a-long-name", 1): (1, 1) for i in range(2000)}
-    payload = changes_payload("r", {}, huge)
-    assert json.loads(payload)["all"] is True
+@pytest.mark.parametrize(
+    ("providers", "name", "form"), [(500, "org-{:04d}", "n"), (2000, "org-{:05d}-long", "all")]
+)
+async def test_a_large_announcement_still_fits_a_notify(
+    pool: asyncpg.Pool, pg_dsn: str, providers: int, name: str, form: str
+) -> None:
+    """Thousands of targeted providers in one commit: names only, then "all"; the commit
+    succeeds (a NOTIFY over 8000 bytes would fail it) and is announced."""
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    listener = await asyncpg.connect(pg_dsn)
+    try:
+        await listener.add_listener(CHANGED_CHANNEL, lambda *a: heard.put_nowait(a[3]))
+        many = [t(name.format(i), "10.0.0.1", LOW, 1) for i in range(providers)]
+        await write(pool, [b("10.0.0.2", LOW, 1)], many)
+        payload = await asyncio.wait_for(heard.get(), 5)
+    finally:
+        await listener.close()
     assert len(payload) < 8000
+    announced = json.loads(payload)
+    assert announced["b"] == {"1": 1}
+    assert form in announced and "t" not in announced
+    if form == "n":
+        assert len(announced["n"]) == providers
+    assert await pool.fetchval("SELECT count(*) FROM targeted") == providers
 
 
 async def test_concurrent_replicas_commit_in_sequence_order(

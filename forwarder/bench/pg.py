@@ -105,6 +105,28 @@ class PgCluster:
         self.sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+#: ``FORWARDER_BENCH_PG_STATEMENTS=1``: the cluster loads this extension and each
+#: scale-out round prints the statements that took the server's time (where to look).
+STATEMENTS = "pg_stat_statements"
+
+
+def statements_wanted() -> bool:
+    return os.environ.get("FORWARDER_BENCH_PG_STATEMENTS") == "1"
+
+
+def top_statements(cluster: PgCluster, db: str) -> str:
+    """The 15 statements that took the server longest since the last call (then reset)."""
+    cluster.sql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements", db)
+    text = cluster.sql(
+        "SELECT calls, round(total_exec_time) AS ms, rows,"
+        " left(regexp_replace(query, '\\s+', ' ', 'g'), 120)"
+        " FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 15",
+        db,
+    )
+    cluster.sql("SELECT pg_stat_statements_reset()", db)
+    return text
+
+
 def _as_server_user(cmd: list[str]) -> list[str]:
     return ["runuser", "-u", _USER, "--", *cmd] if os.geteuid() == 0 else cmd
 
@@ -168,6 +190,7 @@ def start_cluster(bindir: Path | None = None) -> Iterator[PgCluster]:
             "-c full_page_writes=off",
             "-c max_connections=200",
             "-c shared_buffers=32MB",
+            *([f"-c shared_preload_libraries={STATEMENTS}"] if statements_wanted() else []),
         ]
     )
     ctl = [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log")]

@@ -30,7 +30,13 @@ from typing import Any
 import aiohttp
 
 from forwarder.bench.drive import run_load
-from forwarder.bench.pg import PgCluster, pg_bin_dir, start_cluster
+from forwarder.bench.pg import (
+    PgCluster,
+    pg_bin_dir,
+    start_cluster,
+    statements_wanted,
+    top_statements,
+)
 from forwarder.bench.plan import PER_CALL_MAX, Context
 from forwarder.bench.procs import UNREACHABLE, Daemon, ProviderSpec
 from forwarder.bench.stats import merge_load, ratio
@@ -246,6 +252,9 @@ async def _postgres_rounds(
                 await _round(ctx, f"postgres-{count}", public_file, key_file, count, store)
             )
         finally:
+            if statements_wanted():
+                ctx.say(f"scale-out: server time by statement, round {count}:")
+                ctx.say(top_statements(cluster, db))
             cluster.drop_database(db)
     return rounds
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import warnings
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -13,7 +14,7 @@ from forwarder.errors import StoreError
 from forwarder.store.postgres.dsn import describe_dsn
 from forwarder.store.postgres.schema import MigrationResult, migrate, require_current
 
-__all__ = ["DB_ERRORS", "alive", "connect_error", "open_pool"]
+__all__ = ["DB_ERRORS", "alive", "connect_error", "discard", "open_pool"]
 
 #: What a lost or refused connection, or a failed statement, raises. That includes
 #: asyncpg's InternalClientError: when the server ends a session (``pg_terminate_backend``,
@@ -37,6 +38,22 @@ def alive(conn: PoolConnectionProxy[asyncpg.Record]) -> bool:
         return not conn.is_closed()
     except asyncpg.InterfaceError:
         return False
+
+
+async def discard(pool: asyncpg.Pool, conn: PoolConnectionProxy[asyncpg.Record]) -> None:
+    """Give back a LISTEN connection whose listeners could not be removed (the server
+    dropped it, or LISTEN failed half-way): closed, so its listeners go with it.
+
+    asyncpg warns when a connection with listeners is released; that warning must not
+    stop the release (turned into an error, it left the connection checked out and
+    ``Pool.close()`` waiting for it forever).
+    """
+    with contextlib.suppress(asyncpg.InterfaceError):  # already given back when closed
+        conn.terminate()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", asyncpg.InterfaceWarning)
+        with contextlib.suppress(*DB_ERRORS):
+            await pool.release(conn)
 
 
 def connect_error(dsn: str, exc: BaseException) -> StoreError:

@@ -34,7 +34,7 @@ from asyncpg.pool import PoolConnectionProxy
 from forwarder.clock import Clock
 from forwarder.store.postgres import owners
 from forwarder.store.postgres.balance import plan
-from forwarder.store.postgres.connect import DB_ERRORS, alive
+from forwarder.store.postgres.connect import DB_ERRORS, alive, discard
 from forwarder.store.postgres.owners import Replica
 
 __all__ = ["Coordinator", "ObserverGroup", "OwnershipObserver"]
@@ -189,7 +189,7 @@ class Coordinator:
             await conn.add_listener(owners.OWNERS_CHANNEL, self._heard)
             await conn.add_listener(owners.CONFIG_CHANNEL, self._heard_config)
         except BaseException:
-            await pool.release(conn)
+            await discard(pool, conn)
             raise
         self._listener = (pool, conn)
         if again and self._on_config is not None:
@@ -201,10 +201,15 @@ class Coordinator:
             return
         pool, conn = self._listener
         self._listener = None
-        with contextlib.suppress(Exception):
+        if not alive(conn):
+            await discard(pool, conn)
+            return
+        try:
             await conn.remove_listener(owners.OWNERS_CHANNEL, self._heard)
-        with contextlib.suppress(Exception):
             await conn.remove_listener(owners.CONFIG_CHANNEL, self._heard_config)
+        except Exception:
+            await discard(pool, conn)
+            return
         with contextlib.suppress(Exception):
             await pool.release(conn)
 

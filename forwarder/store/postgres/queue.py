@@ -47,6 +47,7 @@ __all__ = [
     "pending_counts",
     "release",
     "reload",
+    "reload_many",
     "settle",
     "sweep",
 ]
@@ -156,6 +157,31 @@ async def reload(conn: Conn, q: ProviderQueue) -> None:
     q.done = fresh.done
 
 
+async def reload_many(conn: Conn, qs: Sequence[ProviderQueue]) -> list[ProviderQueue]:
+    """:func:`reload` for many attached providers in two queries; returns those whose
+    progress changed (another replica moved it)."""
+    if not qs:
+        return []
+    names = [q.provider for q in qs]
+    cursors: dict[str, dict[int, int]] = defaultdict(dict)
+    for r in await conn.fetch(
+        "SELECT provider, risk, seq FROM cursors WHERE provider = ANY($1::text[])", names
+    ):
+        cursors[r["provider"]][r["risk"]] = r["seq"]
+    done: dict[str, set[tuple[int, int]]] = defaultdict(set)
+    for r in await conn.fetch(
+        "SELECT provider, risk, seq FROM done WHERE provider = ANY($1::text[])", names
+    ):
+        done[r["provider"]].add((r["risk"], r["seq"]))
+    changed = []
+    for q in qs:
+        cursor = cursors.get(q.provider) or q.cursor
+        if cursor != q.cursor or done[q.provider] != q.done:
+            q.cursor, q.done = cursor, done[q.provider]
+            changed.append(q)
+    return changed
+
+
 class _Stream:
     """Rows above a seq in seq order, fetched a page at a time (keyset pagination)."""
 
@@ -213,12 +239,14 @@ async def lease(
     now_ms: int,
     max_age_ms: int,
     margin_ms: int,
-) -> tuple[list[Signal], int]:
-    """Lease up to ``limit`` entries for the provider; return them and how many expired."""
+) -> tuple[list[Signal], dict[int, int]]:
+    """Lease up to ``limit`` entries for the provider; return them and how many expired
+    (per level)."""
     provider = q.provider
     keep: list[Signal] = []
     items: list[Item] = []
     expired = 0
+    expired_at: dict[int, int] = defaultdict(int)
     too_old = now_ms - max_age_ms
     expiry_floor = now_ms + margin_ms
     has_targeted = (
@@ -245,6 +273,7 @@ async def lease(
                 continue
             if ts_ms < too_old or (expires_ms is not None and expires_ms <= expiry_floor):
                 expired += 1
+                expired_at[level] += 1
                 if kind == BROADCAST:
                     q.done.add((level, seq))
                     settled.add(level)
@@ -294,7 +323,7 @@ async def lease(
         q.leases[lease_id] = items
     if settled:
         await _advance(conn, q, settled)
-    return keep, expired
+    return keep, dict(expired_at)
 
 
 async def _advance(conn: Conn, q: ProviderQueue, levels: Collection[int]) -> None:
@@ -465,17 +494,17 @@ async def sweep(
     cutoff_ms: int,
     busy: Mapping[str, Collection[str]] | None = None,
     batch: int = 20_000,
-) -> tuple[dict[str, int], bool]:
+) -> tuple[dict[str, dict[int, int]], bool]:
     """Drop up to ``batch`` entries of each table observed before ``cutoff_ms``.
 
-    Returns, per provider, how many it never sent (every provider's cursor is read from
-    the table, so any replica may sweep for all), and whether more remain. ``busy``
+    Returns, per provider and level, how many it never sent (every provider's cursor is
+    read from the table, so any replica may sweep for all), and whether more remain. ``busy``
     (provider -> ips this replica has in flight) is left alone: its lease settles it.
     """
     busy = busy or {}
     busy_ips = sorted({ip for ips in busy.values() for ip in ips})
     pairs = [(p, ip) for p, ips in busy.items() for ip in ips]
-    expired: dict[str, int] = defaultdict(int)
+    expired: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
     gone = await conn.fetch(
         "WITH old AS (SELECT ip FROM signals WHERE ts_ms < $1 AND NOT (ip = ANY($3::text[]))"
         " LIMIT $2 FOR UPDATE SKIP LOCKED)"
@@ -488,16 +517,16 @@ async def sweep(
         risks = [r["risk"] for r in gone]
         seqs = [r["seq"] for r in gone]
         for r in await conn.fetch(
-            "SELECT c.provider, count(*) AS n"
+            "SELECT c.provider, c.risk, count(*) AS n"
             "  FROM cursors c JOIN unnest($1::smallint[], $2::bigint[]) AS g(risk, seq)"
             "    ON g.risk = c.risk AND g.seq > c.seq"
             " WHERE NOT EXISTS (SELECT 1 FROM done d WHERE d.provider = c.provider"
             "                     AND d.risk = g.risk AND d.seq = g.seq)"
-            " GROUP BY c.provider",
+            " GROUP BY c.provider, c.risk",
             risks,
             seqs,
         ):
-            expired[r["provider"]] += r["n"]
+            expired[r["provider"]][r["risk"]] += r["n"]
         await conn.execute(
             "DELETE FROM done d USING unnest($1::smallint[], $2::bigint[]) AS g(risk, seq)"
             " WHERE d.risk = g.risk AND d.seq = g.seq",
@@ -510,18 +539,18 @@ async def sweep(
         "                   WHERE b.p = t.provider AND b.ip = t.ip)"
         "   LIMIT $2 FOR UPDATE SKIP LOCKED)"
         " DELETE FROM targeted t USING old WHERE t.provider = old.provider AND t.ip = old.ip"
-        " RETURNING t.provider",
+        " RETURNING t.provider, t.risk",
         cutoff_ms,
         batch,
         [p for p, _ in pairs],
         [ip for _, ip in pairs],
     )
     for r in gone_t:
-        expired[r["provider"]] += 1
+        expired[r["provider"]][r["risk"]] += 1
     deleted = len(gone) + len(gone_t)
     if deleted:
         await conn.execute("UPDATE counters SET value = value + $1 WHERE name = 'deleted'", deleted)
-    return dict(expired), len(gone) == batch or len(gone_t) == batch
+    return {p: dict(n) for p, n in expired.items()}, len(gone) == batch or len(gone_t) == batch
 
 
 async def pending_counts(conn: Conn, q: ProviderQueue) -> dict[int, int]:
@@ -533,23 +562,25 @@ async def pending_counts(conn: Conn, q: ProviderQueue) -> dict[int, int]:
     levels = list(q.cursor)
     cursors = [q.cursor[level] for level in levels]
     out: dict[int, int] = defaultdict(int)
+    # One index range per level (a join on the cursors would scan the whole table).
     for r in await conn.fetch(
-        "SELECT s.risk, count(*) AS n FROM signals s"
-        " JOIN unnest($1::smallint[], $2::bigint[]) AS c(risk, seq)"
-        "   ON s.risk = c.risk AND s.seq > c.seq"
-        " WHERE NOT EXISTS (SELECT 1 FROM done d WHERE d.provider = $3"
-        "                   AND d.risk = s.risk AND d.seq = s.seq)"
-        " GROUP BY s.risk",
+        "SELECT c.risk, n.n FROM unnest($1::smallint[], $2::bigint[]) AS c(risk, seq),"
+        " LATERAL (SELECT count(*) AS n FROM signals s WHERE s.risk = c.risk AND s.seq > c.seq"
+        "   AND NOT EXISTS (SELECT 1 FROM done d WHERE d.provider = $3"
+        "                   AND d.risk = s.risk AND d.seq = s.seq)) AS n",
         levels,
         cursors,
         q.provider,
     ):
         out[r["risk"]] += r["n"]
-    for r in await conn.fetch(
+    targeted = await conn.fetch(
         "SELECT risk, count(*) AS n FROM targeted WHERE provider = $1 GROUP BY risk",
         q.provider,
-    ):
+    )
+    for r in targeted:
         out[r["risk"]] += r["n"]
+    if not targeted:
+        return {level: n for level, n in out.items() if n > 0}
     for r in await conn.fetch(
         "SELECT CASE WHEN t.ts_ms > s.ts_ms OR (t.ts_ms = s.ts_ms AND t.risk > s.risk)"
         "            THEN s.risk ELSE t.risk END AS loser, count(*) AS n"

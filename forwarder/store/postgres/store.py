@@ -10,9 +10,12 @@ dispatchers through ``LISTEN forwarder_changed``.
 
 Counts a scrape reads synchronously (``pending_total``, ``pending_counts``) are cached:
 the total after every commit of this replica (read in the same transaction, so it
-includes every replica's), a provider's backlog after each of its own operations and at
-:meth:`refresh`, and raised by this replica's broadcast commits in between (an estimate
-that may overcount, as in SQLite).
+includes every replica's). A provider's backlog is kept as in SQLite: raised by every
+replica's commits (an estimate that may overcount a version replacing a pending one),
+lowered by what its leases settle, expire or dead-letter, and recounted exactly from the
+tables whenever it is small (:data:`EXACT_UP_TO`) or a lease comes back short. Counting
+reads every row above the provider's cursor, so recounting a large backlog after every
+call of 1,000 providers cost the database more than all other work together.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from forwarder.signals import RiskLevel, Signal
 from forwarder.store.base import DeadLetter, Lease, ProviderRecord, ProviderSummary, StoreObserver
 from forwarder.store.postgres import queue
 from forwarder.store.postgres.conn import Conn
-from forwarder.store.postgres.connect import DB_ERRORS, connect_error
+from forwarder.store.postgres.connect import DB_ERRORS, alive, connect_error, discard
 from forwarder.store.postgres.dsn import describe_dsn
 from forwarder.store.postgres.queue import LEVELS, ProviderQueue
 from forwarder.store.postgres.schema import migrate, require_current
@@ -48,10 +51,22 @@ _SWEEP_EVERY_MS = 60_000
 #: Seconds between attempts to LISTEN again after the server ended that session.
 RELISTEN_S = 1.0
 _CALL_LOG_KEEP_MS = 3_600_000
+#: Backlogs estimated at or below this many entries are recounted exactly after a lease,
+#: an ack or a refresh (the count then reads at most about as many rows).
+EXACT_UP_TO = 2_000
 
 
 def _pending(levels: Mapping[int, int]) -> dict[RiskLevel, int]:
     return {RiskLevel(r): n for r, n in levels.items() if n}
+
+
+def _levels(lease: Lease, only: Collection[str] | None = None) -> dict[int, int]:
+    """How many of the lease's signals (all, or those whose ip is in ``only``) per level."""
+    out: dict[int, int] = defaultdict(int)
+    for s in lease.signals:
+        if only is None or s.ip in only:
+            out[int(s.risk)] += 1
+    return out
 
 
 class PostgresStore:
@@ -96,8 +111,6 @@ class PostgresStore:
         self._write_ok = True
         #: Names this store's commits in NOTIFY payloads (its own are counted already).
         self.origin = f"{id(self):x}-{secrets.token_hex(4)}"
-        #: Bumped whenever a commit raises counts (see :meth:`_recount`).
-        self._generation = 0
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -157,7 +170,7 @@ class PostgresStore:
             await conn.add_listener(CHANGED_CHANNEL, self._heard)
             conn.add_termination_listener(self._listener_lost)
         except BaseException:
-            await self._pool.release(conn)
+            await discard(self._pool, conn)
             raise
         self._listener = conn
 
@@ -200,10 +213,13 @@ class PostgresStore:
         if self._listener is not None and self._pool is not None:
             with contextlib.suppress(*DB_ERRORS):
                 self._listener.remove_termination_listener(self._listener_lost)
-            with contextlib.suppress(*DB_ERRORS):
+            try:
+                if not alive(self._listener):
+                    raise StoreError("the LISTEN connection is gone")
                 await self._listener.remove_listener(CHANGED_CHANNEL, self._heard)
-            with contextlib.suppress(*DB_ERRORS):
                 await self._pool.release(self._listener)
+            except Exception:
+                await discard(self._pool, self._listener)
             self._listener = None
         if self._pool is not None:
             await self._pool.close()
@@ -254,6 +270,8 @@ class PostgresStore:
     async def adopt(self, provider: str, fence: tuple[str, int] | None = None) -> None:
         """(Re)load ``provider``'s progress from the database, e.g. when this replica takes
         it over; its cursor writes are then fenced with ``fence`` (replica id, epoch)."""
+        # Counted from now on: commits landing while the count runs are added to it.
+        self._counts.setdefault(provider, {})
         async with self._tx() as conn:
             q = await queue.attach(conn, provider, fence=fence)
             await self._recount(conn, provider, q)
@@ -294,7 +312,6 @@ class PostgresStore:
             change = {"all": True}
         if change.get("o") == self.origin:
             return
-        self._generation += 1
         for level, n in change.get("b", {}).items():
             for counts in self._counts.values():
                 counts[int(level)] = counts.get(int(level), 0) + int(n)
@@ -315,19 +332,44 @@ class PostgresStore:
                 self.changed(provider).set()
 
     async def _recount(self, conn: Conn, provider: str, q: ProviderQueue) -> None:
-        """Set ``provider``'s exact backlog, without losing commits counted meanwhile.
+        """Set ``provider``'s backlog from the tables, without losing commits meanwhile.
 
-        A commit (ours or another replica's) counted while the query ran would be lost by
-        overwriting: read again until no count changed during the read, or count one more.
+        Commits counted while the query ran (ours or another replica's) may or may not be
+        in its snapshot: they are added to the result (an overcount until the next
+        recount, never an undercount, which could leave a dispatcher asleep).
         """
-        for _ in range(3):
-            generation = self._generation
-            counts = await queue.pending_counts(conn, q)
-            if generation == self._generation:
-                self._counts[provider] = counts
-                return
-        counts[1] = counts.get(1, 0) + 1  # at least one more; exact after the next lease
+        before = dict(self._counts.get(provider, {}))
+        counts = await queue.pending_counts(conn, q)
+        for level, n in self._counts.get(provider, {}).items():
+            if n > before.get(level, 0):
+                counts[level] = counts.get(level, 0) + n - before.get(level, 0)
         self._counts[provider] = counts
+
+    def _estimate(self, provider: str) -> int:
+        return sum(self._counts.get(provider, {}).values())
+
+    def _lower(self, provider: str, levels: Mapping[int, int]) -> None:
+        """What a lease or an ack took out of ``provider``'s backlog (estimate)."""
+        counts = self._counts.get(provider)
+        if counts is None:
+            return
+        for level, n in levels.items():
+            counts[level] = max(0, counts.get(level, 0) - n)
+
+    async def _settled(
+        self,
+        conn: Conn,
+        provider: str,
+        q: ProviderQueue,
+        levels: Mapping[int, int],
+        *,
+        short: bool = False,
+    ) -> None:
+        """Lower the estimate by what left the backlog; count exactly when that is cheap
+        (a small backlog) or needed (a short lease: the estimate was too high)."""
+        self._lower(provider, levels)
+        if short or self._estimate(provider) <= EXACT_UP_TO:
+            await self._recount(conn, provider, q)
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -339,12 +381,16 @@ class PostgresStore:
     async def refresh(self) -> None:
         """Recount every tracked provider's backlog, the total and the dead letters."""
         async with self._tx() as conn:
+            # Another replica may have dispatched an idle one meanwhile: reload its progress
+            # (in place: a lease being prepared may hold this object).
+            moved = await queue.reload_many(
+                conn, [q for q in self._queues.values() if not q.leases]
+            )
+            for q in moved:
+                await self._recount(conn, q.provider, q)
             for provider, q in self._queues.items():
-                if not q.leases:
-                    # Another replica may have dispatched it meanwhile: reload its progress
-                    # (in place: a lease being prepared may hold this object).
-                    await queue.reload(conn, q)
-                await self._recount(conn, provider, q)
+                if q not in moved and self._estimate(provider) <= EXACT_UP_TO:
+                    await self._recount(conn, provider, q)
             self._entries = await self._read_entries(conn)
             self._dead = defaultdict(
                 int,
@@ -396,7 +442,6 @@ class PostgresStore:
             await self._writer.add(rows)
 
     def _after_commit(self, result: Upserted) -> None:
-        self._generation += 1
         self._entries = result.entries
         for level, (_, stored) in result.broadcast.items():
             for counts in self._counts.values():
@@ -442,7 +487,7 @@ class PostgresStore:
             self._next_sweep_ms = now_ms + _SWEEP_EVERY_MS
             swept = await self._sweep(now_ms, self._max_age_ms or max_age_ms)
         async with self._tx() as conn:
-            signals, expired = await queue.lease(
+            signals, expired_at = await queue.lease(
                 conn,
                 q,
                 lease_id,
@@ -451,11 +496,11 @@ class PostgresStore:
                 max_age_ms=max_age_ms,
                 margin_ms=expiry_margin_ms,
             )
-            # Exact again after every lease (other replicas' commits only raise estimates).
-            await self._recount(conn, provider, q)
-            if expired:
+            # A short lease took everything there was: the exact count is cheap then.
+            await self._settled(conn, provider, q, expired_at, short=len(signals) < limit)
+            if expired_at:
                 self._entries = await self._read_entries(conn)
-        expired += swept.pop(provider, 0)
+        expired = sum(expired_at.values()) + swept.pop(provider, 0)
         if self._observer is not None:
             for other, n in swept.items():
                 self._observer.signals_expired(other, n)
@@ -471,7 +516,7 @@ class PostgresStore:
         q = self._queue(lease.provider)
         async with self._tx() as conn:
             removed = await queue.settle(conn, q, lease.lease_id, only=only)
-            await self._recount(conn, lease.provider, q)
+            await self._settled(conn, lease.provider, q, _levels(lease, only))
             self._entries = await self._read_entries(conn)
         return removed
 
@@ -521,8 +566,9 @@ class PostgresStore:
                     [s.received_ms for s in sent],
                     [json.dumps(causes[s.ip]) for s in sent],
                 )
-            await queue.settle(conn, q, lease.lease_id, only={s.ip for s in sent})
-            await self._recount(conn, lease.provider, q)
+            chosen = {s.ip for s in sent}
+            await queue.settle(conn, q, lease.lease_id, only=chosen)
+            await self._settled(conn, lease.provider, q, _levels(lease, chosen))
             self._entries = await self._read_entries(conn)
         self._dead[lease.provider] += len(sent)
         return len(sent)
@@ -546,8 +592,9 @@ class PostgresStore:
                 for q in self._queues.values():
                     if q.done and (q.fence is None or q.leases):
                         await queue.advance(conn, q)
-            for provider, n in expired.items():
-                total[provider] += n
+            for provider, levels in expired.items():
+                total[provider] += sum(levels.values())
+                self._lower(provider, levels)
         for q in self._queues.values():
             if q.done:
                 # A cursor held back by an entry just swept can move on now.

@@ -11,13 +11,17 @@ Rows are sent as arrays (``unnest ... WITH ORDINALITY``): one round trip and one
 statement per table however many signals the group holds. PostgreSQL refuses to update
 one row twice in one statement, so a group is first coalesced in memory by the same
 rule the upsert applies: the newest observation wins, on a tie the higher risk.
+
+A group is one statement (:data:`_UPSERT`) committed on its own: one round trip, and the
+ordering row lock is held only while the server runs it, never while a reply travels to
+the replica and the next statement back (with several replicas, ingest commits queue on
+that lock).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -34,29 +38,38 @@ __all__ = [
     "Row",
     "TargetedRow",
     "Upserted",
-    "changes_payload",
     "coalesce_rows",
     "upsert_rows",
 ]
 
-#: NOTIFY channel; the payload is :func:`changes_payload`'s JSON.
+#: NOTIFY channel; the payload is described at :data:`_UPSERT`.
 CHANGED_CHANNEL = "forwarder_changed"
-_PAYLOAD_MAX = 7_000  # NOTIFY payloads are limited to 8000 bytes
 
 #: (ip, risk, message, ts_ms, expires_ms, received_ms)
 BroadcastRow = tuple[str, int, str, int, int | None, int]
 #: (provider, ip, risk, message, ts_ms, expires_ms, received_ms)
 TargetedRow = tuple[str, str, int, str, int, int | None, int]
 
-_NEXT_SEQ = "UPDATE counters SET value = value + $1 WHERE name = 'seq' RETURNING value"
-
-_BROADCAST = """
-WITH up AS (
+#: One statement, so one round trip, stores a whole group: it takes the sequence numbers
+#: (the row lock that orders every replica's commits, held only while this statement and
+#: its commit run), upserts both tables, counts what is new and announces the change.
+#: $1-$7 broadcast columns and offsets, $8-$15 targeted, $16 rows in the group, $17 the
+#: NOTIFY channel, $18 the origin. The announcement (when anything was stored) is
+#: ``{"o": origin, "b": {level: versions}, "t": {provider: {level: versions}}}``; when
+#: that would not fit a NOTIFY (8000 bytes), only the provider names (``"n"``), then only
+#: ``"all": true`` (each receiver then counts one more entry for every provider). The
+#: last row (kind 2) is the last sequence number and the stored entries after the commit.
+_UPSERT = """
+WITH seq AS (
+    UPDATE counters SET value = value + $16 WHERE name = 'seq' RETURNING value
+),
+b AS (
     INSERT INTO signals AS s (ip, risk, message, ts_ms, expires_ms, received_ms, seq)
-    SELECT u.ip, u.risk, u.message, u.ts_ms, u.expires_ms, u.received_ms, u.seq
+    SELECT u.ip, u.risk, u.message, u.ts_ms, u.expires_ms, u.received_ms,
+           (SELECT value FROM seq) - $16 + 1 + u.off
       FROM unnest($1::text[], $2::smallint[], $3::text[], $4::bigint[], $5::bigint[],
                   $6::bigint[], $7::bigint[])
-           AS u(ip, risk, message, ts_ms, expires_ms, received_ms, seq)
+           AS u(ip, risk, message, ts_ms, expires_ms, received_ms, off)
     ON CONFLICT (ip) DO UPDATE SET
         risk = excluded.risk, message = excluded.message, ts_ms = excluded.ts_ms,
         expires_ms = excluded.expires_ms, received_ms = excluded.received_ms,
@@ -64,21 +77,13 @@ WITH up AS (
     WHERE excluded.ts_ms > s.ts_ms OR (excluded.ts_ms = s.ts_ms AND excluded.risk > s.risk)
     RETURNING s.risk, (xmax = 0) AS inserted
 ),
-counted AS (
-    UPDATE counters SET value = value + (SELECT count(*) FROM up WHERE inserted)
-     WHERE name = 'inserted'
-)
-SELECT risk, count(*) FILTER (WHERE inserted) AS inserted, count(*) AS stored
-  FROM up GROUP BY risk
-"""
-
-_TARGETED = """
-WITH up AS (
+t AS (
     INSERT INTO targeted AS t (provider, ip, risk, message, ts_ms, expires_ms, received_ms, seq)
-    SELECT u.provider, u.ip, u.risk, u.message, u.ts_ms, u.expires_ms, u.received_ms, u.seq
-      FROM unnest($1::text[], $2::text[], $3::smallint[], $4::text[], $5::bigint[],
-                  $6::bigint[], $7::bigint[], $8::bigint[])
-           AS u(provider, ip, risk, message, ts_ms, expires_ms, received_ms, seq)
+    SELECT u.provider, u.ip, u.risk, u.message, u.ts_ms, u.expires_ms, u.received_ms,
+           (SELECT value FROM seq) - $16 + 1 + u.off
+      FROM unnest($8::text[], $9::text[], $10::smallint[], $11::text[], $12::bigint[],
+                  $13::bigint[], $14::bigint[], $15::bigint[])
+           AS u(provider, ip, risk, message, ts_ms, expires_ms, received_ms, off)
     ON CONFLICT (provider, ip) DO UPDATE SET
         risk = excluded.risk, message = excluded.message, ts_ms = excluded.ts_ms,
         expires_ms = excluded.expires_ms, received_ms = excluded.received_ms,
@@ -87,11 +92,39 @@ WITH up AS (
     RETURNING t.provider, t.risk, (xmax = 0) AS inserted
 ),
 counted AS (
-    UPDATE counters SET value = value + (SELECT count(*) FROM up WHERE inserted)
+    UPDATE counters
+       SET value = value + (SELECT count(*) FROM b WHERE inserted)
+                         + (SELECT count(*) FROM t WHERE inserted)
      WHERE name = 'inserted'
+ RETURNING value
+),
+per_level AS (SELECT risk, count(*) AS n FROM b GROUP BY risk),
+per_provider AS (SELECT provider, risk, count(*) AS n FROM t GROUP BY provider, risk),
+forms AS (
+    SELECT jsonb_build_object('o', $18::text, 'b', bj.b, 't', tj.t)::text AS full_form,
+           jsonb_build_object('o', $18::text, 'b', bj.b, 'n', tj.n)::text AS names_form,
+           jsonb_build_object('o', $18::text, 'b', bj.b, 'all', true)::text AS all_form
+      FROM (SELECT coalesce(jsonb_object_agg(risk, n), '{}') AS b FROM per_level) AS bj,
+           (SELECT coalesce(jsonb_object_agg(provider, levels), '{}') AS t,
+                   coalesce(jsonb_agg(provider ORDER BY provider), '[]') AS n
+              FROM (SELECT provider, jsonb_object_agg(risk, n) AS levels
+                      FROM per_provider GROUP BY provider) AS p) AS tj
+),
+announced AS (
+    SELECT pg_notify($17, CASE WHEN length(full_form) <= 7000 THEN full_form
+                               WHEN length(names_form) <= 7000 THEN names_form
+                               ELSE all_form END)
+      FROM forms
+     WHERE EXISTS (SELECT FROM b) OR EXISTS (SELECT FROM t)
 )
-SELECT provider, risk, count(*) FILTER (WHERE inserted) AS inserted, count(*) AS stored
-  FROM up GROUP BY provider, risk
+SELECT 0 AS kind, NULL::text AS provider, risk, count(*) FILTER (WHERE inserted) AS inserted,
+       count(*) AS stored
+  FROM b GROUP BY risk
+UNION ALL
+SELECT 1, provider, risk, count(*) FILTER (WHERE inserted), count(*) FROM t GROUP BY provider, risk
+UNION ALL
+SELECT 2, NULL, (SELECT count(*) FROM announced), (SELECT value FROM seq),
+       (SELECT value FROM counted) - (SELECT value FROM counters WHERE name = 'deleted')
 """
 
 _ENTRIES = (
@@ -164,55 +197,31 @@ def _columns(rows: Sequence[tuple[object, ...]], width: int) -> list[list[object
     return [[r[i] for r in rows] for i in range(width)] if rows else [[] for _ in range(width)]
 
 
-def changes_payload(
-    origin: str,
-    broadcast: dict[int, tuple[int, int]],
-    targeted: dict[tuple[str, int], tuple[int, int]],
-) -> str:
-    """What other replicas need to wake their dispatchers and raise their backlog counts.
-
-    ``{"o": origin, "b": {level: versions}, "t": {provider: {level: versions}}}``; when
-    the targeted part would not fit a NOTIFY (8000 bytes), only the names, then only
-    ``"all": true`` (each receiver then counts one more entry for every provider).
-    """
-    b = {str(level): stored for level, (_, stored) in broadcast.items() if stored}
-    t: dict[str, dict[str, int]] = {}
-    for (provider, level), (_, stored) in targeted.items():
-        if stored:
-            t.setdefault(provider, {})[str(level)] = stored
-    text = json.dumps({"o": origin, "b": b, "t": t}, separators=(",", ":"))
-    if len(text) <= _PAYLOAD_MAX:
-        return text
-    text = json.dumps({"o": origin, "b": b, "n": sorted(t)}, separators=(",", ":"))
-    if len(text) <= _PAYLOAD_MAX:
-        return text
-    return json.dumps({"o": origin, "b": b, "all": True}, separators=(",", ":"))
-
-
 async def upsert_rows(conn: Conn, rows: Sequence[Row], *, origin: str = "") -> Upserted:
-    """Coalesce and store the rows (in arrival order), then announce them; the caller owns
-    the transaction."""
+    """Coalesce and store the rows (in arrival order), then announce them: one statement,
+    committed on its own unless the caller holds a transaction."""
     if not rows:
         return Upserted(last_seq=0, entries=int(await conn.fetchval(_ENTRIES)))
     b, t = coalesce_rows(rows)
-    last = int(await conn.fetchval(_NEXT_SEQ, len(rows)))
-    first = last - len(rows) + 1
     per_level: dict[int, tuple[int, int]] = {}
     per_provider: dict[tuple[str, int], tuple[int, int]] = {}
-    if b:
-        brows = [r for r, _ in b]
-        seqs = [first + offset for _, offset in b]
-        for r in await conn.fetch(_BROADCAST, *_columns(brows, 6), seqs):
+    last = entries = 0
+    for r in await conn.fetch(
+        _UPSERT,
+        *_columns([r for r, _ in b], 6),
+        [offset for _, offset in b],
+        *_columns([r for r, _ in t], 7),
+        [offset for _, offset in t],
+        len(rows),
+        CHANGED_CHANNEL,
+        origin,
+    ):
+        if r["kind"] == 0:
             per_level[r["risk"]] = (int(r["inserted"]), int(r["stored"]))
-    if t:
-        trows = [r for r, _ in t]
-        tseqs = [first + offset for _, offset in t]
-        for r in await conn.fetch(_TARGETED, *_columns(trows, 7), tseqs):
+        elif r["kind"] == 1:
             per_provider[(r["provider"], r["risk"])] = (int(r["inserted"]), int(r["stored"]))
-    if per_level or per_provider:
-        payload = changes_payload(origin, per_level, per_provider)
-        await conn.execute("SELECT pg_notify($1, $2)", CHANGED_CHANNEL, payload)
-    entries = int(await conn.fetchval(_ENTRIES))
+        else:
+            last, entries = int(r["inserted"]), int(r["stored"])
     return Upserted(last_seq=last, broadcast=per_level, targeted=per_provider, entries=entries)
 
 
@@ -309,7 +318,7 @@ class GroupCommit:
 
     async def _commit(self, rows: list[Row]) -> Upserted:
         try:
-            async with self._acquire() as conn, conn.transaction():
+            async with self._acquire() as conn:
                 return await upsert_rows(conn, rows, origin=self._origin)
         except DB_ERRORS as exc:
             raise StoreError(f"PostgreSQL write failed: {exc}") from exc
