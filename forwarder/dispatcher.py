@@ -357,7 +357,12 @@ class Dispatcher:
             started = self._clock.monotonic()
 
         try:
-            delivery = await self._sender.send(lease.signals, spend=spend)
+            try:
+                delivery = await self._sender.send(lease.signals, spend=spend)
+            except Exception:
+                await self._answered(spent_at)
+                raise
+            await self._answered(spent_at)
         except _Stopped:
             await self._store.release(lease)
             return False
@@ -455,6 +460,20 @@ class Dispatcher:
             self._log.warning("provider_state_not_saved", error=str(exc))
             return
         self._persisted = state
+
+    async def _answered(self, spent_at: float | None) -> None:
+        """The call spent at ``spent_at`` has its answer (or failed): from now on it is
+        counted from this moment, after the receiver's stamp (see ``CallLog``)."""
+        if spent_at is None:
+            return
+        self.budget.answered()
+        try:
+            await self._calls.call_answered(
+                self.call_key, int(spent_at * 1000), int(self._clock.time() * 1000)
+            )
+        except StoreError as exc:
+            # The in-process budget has it; only a restart within a window would miss it.
+            self._log.warning("call_answer_not_recorded", error=str(exc))
 
     def _after_call(self, spent_at: float | None, outcome: str, started: float) -> None:
         if spent_at is None:

@@ -38,6 +38,15 @@ class CallLog(Protocol):
         """Times of ``key``'s calls at or after ``since_ms``, oldest first."""
         ...
 
+    async def call_answered(self, key: str, at_ms: int, answered_ms: int) -> None:
+        """The call logged at ``at_ms`` was answered at ``answered_ms``: count it from then.
+
+        The receiver stamps a call when it arrives, somewhere between the two; counted
+        from the earlier time, a window could reopen before the receiver's does (a
+        starved process may take a second from its stamp to the wire).
+        """
+        ...
+
 
 class CallBudget:
     """Sliding-window call budget for one provider, driven by an injected clock.
@@ -118,6 +127,12 @@ class CallBudget:
         """Record a call made now; return its wall time (what the store persists)."""
         self._times.append(self._clock.monotonic())
         return self._clock.time()
+
+    def answered(self) -> None:
+        """The call spent last was answered now: count it from now (see
+        :meth:`CallLog.call_answered`)."""
+        if self._times:
+            self._times[-1] = max(self._times[-1], self._clock.monotonic())
 
     def block_for(self, seconds: float) -> None:
         """Send nothing for ``seconds`` from now (a 429 or a spent server window)."""

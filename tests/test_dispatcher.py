@@ -28,6 +28,7 @@ class FakeSender:
     kind: str = "fake"
     max_signals_per_call: int = 1000
     prepare_takes_s: float = 0.0
+    answer_takes_s: float = 0.0
     failures: list[BaseException] = field(default_factory=list)
     batches: list[list[Signal]] = field(default_factory=list)
     sent_at: list[float] = field(default_factory=list)
@@ -39,6 +40,7 @@ class FakeSender:
         self, signals: Sequence[Signal], *, spend: Callable[[], Awaitable[None]]
     ) -> Delivery:
         await spend()
+        self.clock.advance(self.answer_takes_s)  # on the wire until the answer
         if self.failures:
             raise self.failures.pop(0)
         self.batches.append(list(signals))
@@ -233,3 +235,88 @@ async def test_a_ready_call_goes_without_spinning_on_a_moving_clock(tmp_path: Pa
             await task
     assert [len(b) for b in sender.batches] == [3]
     assert [s for s in sleeps if s < 0.001] == []
+
+
+async def test_a_slow_answer_counts_the_call_from_the_answer(tmp_path: Path) -> None:
+    """The receiver stamps a call between its start and its answer: a call answered 20 s
+    after it was spent holds its slot until a window after the answer, in the process
+    and in the call log (what a restart or another replica reads)."""
+    clock = FakeClock()
+    sender = FakeSender(clock, answer_takes_s=20)
+    async with SqliteStore(tmp_path / "f.db") as store:
+        dispatcher = Dispatcher(
+            provider="p",
+            store=store,
+            calls=store,
+            sender=sender,
+            budget=CallBudget(calls=1, window_s=60, clock=clock),
+            clock=clock,
+            linger_s=0,
+            max_age_s=10_000,
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(dispatcher.run(stop))
+        start = clock.time()
+        await store.add([(["p"], sig(1))])
+        await clock.run_until(lambda: len(sender.batches) == 1)
+        await store.add([(["p"], sig(2))])
+        await clock.run_until(lambda: len(sender.batches) == 2)
+        stop.set()
+        await task
+        logged = await store.recent_calls("p", 0)
+    spent = [t - 20 for t in sender.sent_at]  # sent_at is each answer's time
+    assert spent[1] - sender.sent_at[0] >= 60
+    assert logged[0] == int((start + 20) * 1000)
+
+
+async def test_leases_and_acks_take_turns_across_dispatchers(tmp_path: Path) -> None:
+    """Twenty dispatchers with work at once: at most the shared number of turns are in
+    a lease or an ack at any moment (ingest shares the event loop with them), and every
+    signal is still sent."""
+    clock = FakeClock()
+    turns = asyncio.Semaphore(2)
+    busy = peak = 0
+    async with SqliteStore(tmp_path / "f.db") as store:
+        real_lease, real_ack = store.lease, store.ack
+
+        async def counted(call: Callable[[], Awaitable[object]]) -> object:
+            nonlocal busy, peak
+            busy += 1
+            peak = max(peak, busy)
+            try:
+                await asyncio.sleep(0)  # let the others in, if they may
+                return await call()
+            finally:
+                busy -= 1
+
+        async def lease(provider: str, **kw: int) -> Lease:
+            return await counted(lambda: real_lease(provider, **kw))  # type: ignore[return-value]
+
+        async def ack(lease: Lease) -> int:
+            return await counted(lambda: real_ack(lease))  # type: ignore[return-value]
+
+        store.lease, store.ack = lease, ack  # type: ignore[method-assign]
+        names = [f"p{i}" for i in range(20)]
+        senders = [FakeSender(clock) for _ in names]
+        stop = asyncio.Event()
+        tasks = [
+            asyncio.create_task(
+                Dispatcher(
+                    provider=name,
+                    store=store,
+                    calls=store,
+                    sender=sender,
+                    budget=CallBudget(calls=600, window_s=60, clock=clock),
+                    clock=clock,
+                    linger_s=0,
+                    store_turns=turns,
+                ).run(stop)
+            )
+            for name, sender in zip(names, senders, strict=True)
+        ]
+        await store.add([(names, sig(i)) for i in range(50)])
+        await clock.run_until(lambda: all(len(s.batches) >= 1 for s in senders))
+        stop.set()
+        await asyncio.gather(*tasks)
+    assert peak == 2
+    assert all(sum(len(b) for b in s.batches) == 50 for s in senders)

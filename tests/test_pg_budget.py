@@ -67,6 +67,30 @@ async def test_the_owner_is_granted_and_the_call_is_logged(pools: list[asyncpg.P
     assert at_ms > 1_700_000_000_000
 
 
+async def test_an_answered_call_holds_its_slot_from_the_answer(
+    pools: list[asyncpg.Pool],
+) -> None:
+    """A call that took long to answer (a starved replica: its stamp is well before the
+    receiver's) is counted from its answer, on the database's clock: the next owner of
+    the provider (another replica, after a hand-over) waits a window from then."""
+    calls = log(pools[0], "A", "acme", await claim(pools[0], "A", "acme"), calls=1, window_s=1.0)
+    await calls.record_call(APP, 0)
+    (granted,) = await calls.recent_calls(APP, 0)
+    await asyncio.sleep(0.4)  # the call is on the wire (database clock: real time)
+    await calls.call_answered(APP, granted, 0)
+    (answered,) = await calls.recent_calls(APP, 0)
+    assert answered - granted >= 400
+    async with pools[1].acquire() as conn:
+        await owners.release(conn, "A", ["acme"])
+    successor = log(
+        pools[1], "B", "acme", await claim(pools[1], "B", "acme"), calls=1, window_s=1.0
+    )
+    await successor.record_call(APP, 0)
+    later = (await successor.recent_calls(APP, 0))[-1]
+    assert later - answered >= 1000
+    assert successor.waited >= 1
+
+
 async def test_no_slot_without_the_lease(pools: list[asyncpg.Pool]) -> None:
     """Not owning it (locally known, or taken over meanwhile): Fenced, nothing logged."""
     with pytest.raises(Fenced):

@@ -20,10 +20,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from forwarder.errors import StoreError
 from forwarder.signals import RiskLevel, Signal
+from forwarder.store.postgres.connect import discard
 from forwarder.store.postgres.store import PostgresStore
 from tests.harness import ips
 from tests.pg import PgCluster
@@ -122,16 +124,12 @@ async def test_a_dropped_listen_connection_goes_back_and_the_pool_still_closes(
     release under an error filter for that warning (as tests run), it stayed checked out
     and ``Pool.close()`` waited forever (the hang behind the flaky unreachable-PostgreSQL
     test)."""
-    import asyncpg
-
-    from forwarder.store.postgres.connect import discard
-
     pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=2)
     conn = await pool.acquire()
     await conn.add_listener("forwarder_test", lambda *_: None)
     # The FATAL message arrives, the EOF not yet: not closed, listeners still attached.
-    conn._con._protocol.data_received(fatal_terminating())  # type: ignore[union-attr]
+    conn._con._protocol.data_received(fatal_terminating())  # type: ignore[attr-defined]
     await asyncio.sleep(0)
-    assert conn._con is not None and conn._con._listeners  # type: ignore[union-attr]
+    assert conn._con._listeners  # type: ignore[attr-defined]
     await discard(pool, conn)
     await asyncio.wait_for(pool.close(), 5)

@@ -458,6 +458,19 @@ async def test_call_log_is_keyed_by_any_string(store: StoreBackend) -> None:
     assert await store.recent_calls("nobody", 0) == []
 
 
+async def test_an_answered_call_counts_from_its_answer(store: StoreBackend) -> None:
+    """The receiver stamps a call between its start and its answer: once answered, the
+    call is counted from the answer (one call moves, never back in time)."""
+    key = "https://acme.okta.com|0oa1abc"
+    for at in (NOW, NOW, NOW + 10):
+        await store.record_call(key, at)
+    await store.call_answered(key, NOW, NOW + 700)
+    assert await store.recent_calls(key, NOW) == [NOW, NOW + 10, NOW + 700]
+    await store.call_answered(key, NOW + 10, NOW + 5)  # an earlier "answer" moves nothing
+    await store.call_answered(key, NOW + 99, NOW + 800)  # no such call
+    assert await store.recent_calls(key, NOW) == [NOW, NOW + 10, NOW + 700]
+
+
 async def test_summaries_count_each_provider_exactly(store: StoreBackend) -> None:
     """The snapshot counts what each provider still has to send, by level."""
     await store.add([(ALL, sig(ip(i), H if i % 2 else L, ts=NOW - i)) for i in range(10)])

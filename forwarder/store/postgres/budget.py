@@ -18,6 +18,7 @@ So no replica, paused or partitioned or not, ever makes a call the others did no
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 
 import asyncpg
 
@@ -58,6 +59,8 @@ class FencedCallLog:
         self._max_wait_s = window_s + 5 if max_wait_s is None else max_wait_s
         #: Reservations refused because the window was full (another replica spent it).
         self.waited = 0
+        #: The slot granted last per app (database clock): what ``call_answered`` moves.
+        self._granted: dict[str, datetime] = {}
 
     async def record_call(self, key: str, at_ms: int) -> None:
         """Reserve the slot for the call about to go out under app ``key`` (or raise)."""
@@ -82,6 +85,8 @@ class FencedCallLog:
             except DB_ERRORS as exc:
                 raise StoreError(f"cannot reserve a call slot: {exc}") from exc
             if slot.outcome == "granted":
+                if slot.slot_at is not None:
+                    self._granted[key] = slot.slot_at
                 return
             if slot.outcome == "lost":
                 raise Fenced(f"the lease on {self.provider} moved to another replica")
@@ -91,6 +96,25 @@ class FencedCallLog:
             wait = max(0.05, slot.wait_s)
             await self._clock.sleep(wait)
             waited_s += wait
+
+    async def call_answered(self, key: str, at_ms: int, answered_ms: int) -> None:
+        """Count the call just granted from now, on the database's clock: the receiver
+        stamped it before this, so no replica's window reopens before the receiver's."""
+        del at_ms, answered_ms  # the database's clock stamps it
+        slot = self._granted.pop(key, None)
+        if slot is None:
+            return
+        try:
+            async with self._pool.acquire() as conn:
+                await conn.execute(
+                    "UPDATE call_log SET at = greatest(at, clock_timestamp())"
+                    " WHERE app_key = $1 AND owner = $2 AND at = $3",
+                    key,
+                    self._replica_id,
+                    slot,
+                )
+        except DB_ERRORS as exc:
+            raise StoreError(f"cannot stamp the call's answer: {exc}") from exc
 
     async def recent_calls(self, key: str, since_ms: int) -> list[int]:
         """Call times of app ``key`` from ``since_ms`` (database clock), oldest first."""

@@ -637,6 +637,16 @@ class PostgresStore:
                 "DELETE FROM calls WHERE key = $1 AND at_ms < $2", key, at_ms - _CALL_LOG_KEEP_MS
             )
 
+    async def call_answered(self, key: str, at_ms: int, answered_ms: int) -> None:
+        async with self._tx() as conn:
+            await conn.execute(
+                "UPDATE calls SET at_ms = $3 WHERE ctid ="
+                " (SELECT ctid FROM calls WHERE key = $1 AND at_ms = $2 LIMIT 1) AND at_ms < $3",
+                key,
+                at_ms,
+                answered_ms,
+            )
+
     async def recent_calls(self, key: str, since_ms: int) -> list[int]:
         async with self._tx() as conn:
             rows = await conn.fetch(

@@ -87,7 +87,12 @@ from forwarder.errors import StoreError, StoreFull
 from forwarder.signals import RiskLevel, Signal
 from forwarder.store.base import DeadLetter, Lease, ProviderRecord, ProviderSummary, StoreObserver
 from forwarder.store.sqlite import queue
-from forwarder.store.sqlite.calls import CALL_LOG_KEEP_MS, record_call, upsert_provider_state
+from forwarder.store.sqlite.calls import (
+    CALL_LOG_KEEP_MS,
+    call_answered,
+    record_call,
+    upsert_provider_state,
+)
 from forwarder.store.sqlite.counts import broadcast_pending, oldest_pending
 from forwarder.store.sqlite.reader import (
     SqliteReader,
@@ -576,6 +581,10 @@ class SqliteStore:
     async def record_call(self, key: str, at_ms: int) -> None:
         """Persist the time of an events call under ``key`` (the budget survives restarts)."""
         await self._run(self._tx, record_call, key, at_ms)
+
+    async def call_answered(self, key: str, at_ms: int, answered_ms: int) -> None:
+        """Count the call logged at ``at_ms`` from ``answered_ms`` (see ``CallLog``)."""
+        await self._run(self._tx, call_answered, key, at_ms, answered_ms)
 
     async def recent_calls(self, key: str, since_ms: int) -> list[int]:
         """Call times under ``key`` at or after ``since_ms``, oldest first."""
