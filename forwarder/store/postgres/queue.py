@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from forwarder.errors import StoreError
 from forwarder.signals import RiskLevel, Signal
@@ -88,9 +89,9 @@ class Fenced(StoreError):
     """
 
 
-@dataclass(frozen=True, slots=True)
-class Item:
-    """One leased entry: which table, which ip, which version."""
+class Item(NamedTuple):
+    """One leased entry: which table, which ip, which version (a tuple: a lease makes a
+    thousand at a time)."""
 
     kind: int
     ip: str
@@ -182,34 +183,40 @@ async def reload_many(conn: Conn, qs: Sequence[ProviderQueue]) -> list[ProviderQ
     return changed
 
 
+_Row = tuple[int, str, str, int, int | None, int]
+
+
 class _Stream:
     """Rows above a seq in seq order, fetched a page at a time (keyset pagination)."""
 
     def __init__(self, conn: Conn, sql: str, head: tuple[object, ...], after: int, kind: int):
         self._conn, self._sql, self._head, self._after, self.kind = conn, sql, head, after, kind
-        self._rows: list[tuple[int, str, str, int, int | None, int]] = []
+        self._rows: list[_Row] = []
+        self._at = 0
         self._exhausted = False
 
-    async def peek(self) -> tuple[int, str, str, int, int | None, int] | None:
-        if not self._rows and not self._exhausted:
-            rows = await self._conn.fetch(self._sql, *self._head, self._after, _PAGE)
-            self._rows = [
-                (r["seq"], r["ip"], r["message"], r["ts_ms"], r["expires_ms"], r["received_ms"])
-                for r in rows
-            ]
-            self._exhausted = len(rows) < _PAGE
-            if rows:
-                self._after = rows[-1]["seq"]
+    async def peek(self) -> _Row | None:
+        if self._at < len(self._rows):
+            return self._rows[self._at]
+        if self._exhausted:
+            return None
+        rows = await self._conn.fetch(self._sql, *self._head, self._after, _PAGE)
+        self._rows = [
+            (r["seq"], r["ip"], r["message"], r["ts_ms"], r["expires_ms"], r["received_ms"])
+            for r in rows
+        ]
+        self._at = 0
+        self._exhausted = len(rows) < _PAGE
+        if rows:
+            self._after = rows[-1]["seq"]
         return self._rows[0] if self._rows else None
 
     def pop(self) -> None:
-        self._rows.pop(0)
+        self._at += 1
 
 
-async def _merged(
-    streams: Sequence[_Stream],
-) -> tuple[_Stream, tuple[int, str, str, int, int | None, int]] | None:
-    best: tuple[_Stream, tuple[int, str, str, int, int | None, int]] | None = None
+async def _merged(streams: Sequence[_Stream]) -> tuple[_Stream, _Row] | None:
+    best: tuple[_Stream, _Row] | None = None
     for s in streams:
         head = await s.peek()
         if head is not None and (best is None or head[0] < best[1][0]):
@@ -257,6 +264,7 @@ async def lease(
     # have been replaced (moved to a newer number) since: try again.
     settled: set[int] = {level for level, _ in q.done}
     for level in LEVELS:
+        risk = RiskLevel(level)
         streams = [_Stream(conn, _B_PAGE, (level,), q.cursor[level], BROADCAST)]
         if has_targeted:
             streams.append(_Stream(conn, _T_PAGE, (provider, level), -1, TARGETED))
@@ -307,7 +315,7 @@ async def lease(
                     if b_pending:
                         q.done.add((b_risk, b_seq))
                         settled.add(b_risk)
-            keep.append(Signal(ip, RiskLevel(level), message, ts_ms, expires_ms, received_ms))
+            keep.append(Signal(ip, risk, message, ts_ms, expires_ms, received_ms))
             item = Item(kind, ip, level, seq, ts_ms)
             items.append(item)
             q.inflight[ip] = item
