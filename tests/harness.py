@@ -28,6 +28,31 @@ def ips(count: int, offset: int = 0) -> list[str]:
     ]
 
 
+def provision_app(
+    sandbox: SandboxOrg,
+    name: str,
+    key: SigningKey,
+    *,
+    grant: bool = True,
+    provider: str | None = None,
+    action: str = "log_only",
+    dpop: bool = False,
+) -> str:
+    """A service app set up directly in ``sandbox`` (a precondition, not under test): its
+    client id.
+
+    ``key``'s public JWK is registered; ``grant``: the risk-events scope is granted;
+    ``provider``: the app is made the org's risk provider of that name, with ``action``;
+    ``dpop``: the app requires DPoP (``dpop_bound_access_tokens``).
+    """
+    client_id = sandbox.register_client(name, {"keys": [key.public_jwk()]}, dpop=dpop)
+    if grant:
+        sandbox.grant(client_id)
+    if provider is not None:
+        sandbox.set_provider(client_id, provider, action=action)
+    return client_id
+
+
 def register_provider(
     sandbox: SandboxOrg,
     org_url: str,
@@ -49,12 +74,14 @@ def register_provider(
     app requires DPoP (``dpop_bound_access_tokens``).
     """
     key = key or generate_signing_key("RS256")
-    registered = registered_key or key
-    client_id = sandbox.register_client(name, {"keys": [registered.public_jwk()]}, dpop=dpop_app)
-    if grant:
-        sandbox.grant(client_id)
-    if configure:
-        sandbox.set_provider(client_id, name)
+    client_id = provision_app(
+        sandbox,
+        name,
+        registered_key or key,
+        grant=grant,
+        provider=name if configure else None,
+        dpop=dpop_app,
+    )
     key_file = tmp / f"{name}.jwk.json"
     write_private_key(key_file, key, force=True)
     provider = {

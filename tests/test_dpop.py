@@ -23,7 +23,7 @@ from forwarder.okta.provision import connectivity_signal
 from forwarder.okta.tokens import TokenSource
 from forwarder.ratelimit import max_calls_in_window
 from forwarder.sandbox import SandboxOrg, serve
-from tests.harness import harness, ips
+from tests.harness import harness, ips, provision_app
 
 
 @dataclass
@@ -57,9 +57,7 @@ async def env() -> AsyncIterator[Env]:
     clock = FakeClock()
     org = SandboxOrg(clock=clock)
     key = generate_signing_key("RS256")
-    client_id = org.register_client("dpop app", {"keys": [key.public_jwk()]}, dpop=True)
-    org.grant(client_id)
-    org.set_provider(client_id, "Partner")
+    client_id = provision_app(org, "dpop app", key, provider="Partner", dpop=True)
     async with serve(org) as url, aiohttp.ClientSession() as session:
         yield Env(clock, org, url, session, key, client_id)
 
