@@ -53,6 +53,15 @@ def provision_app(
     return client_id
 
 
+def dpop_sandbox() -> tuple[FakeClock, SandboxOrg, SigningKey, str]:
+    """A sandbox on a FakeClock whose one app (RS256 key), the risk provider "Partner",
+    requires DPoP: the clock, the org, the app's key and its client id."""
+    clock = FakeClock()
+    org = SandboxOrg(clock=clock)
+    key = generate_signing_key("RS256")
+    return clock, org, key, provision_app(org, "dpop app", key, provider="Partner", dpop=True)
+
+
 def register_provider(
     sandbox: SandboxOrg,
     org_url: str,

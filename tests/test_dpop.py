@@ -23,7 +23,7 @@ from forwarder.okta.provision import connectivity_signal
 from forwarder.okta.tokens import TokenSource
 from forwarder.ratelimit import max_calls_in_window
 from forwarder.sandbox import SandboxOrg, serve
-from tests.harness import harness, ips, provision_app
+from tests.harness import dpop_sandbox, harness, ips
 
 
 @dataclass
@@ -54,10 +54,7 @@ class Env:
 
 @pytest.fixture
 async def env() -> AsyncIterator[Env]:
-    clock = FakeClock()
-    org = SandboxOrg(clock=clock)
-    key = generate_signing_key("RS256")
-    client_id = provision_app(org, "dpop app", key, provider="Partner", dpop=True)
+    clock, org, key, client_id = dpop_sandbox()
     async with serve(org) as url, aiohttp.ClientSession() as session:
         yield Env(clock, org, url, session, key, client_id)
 
