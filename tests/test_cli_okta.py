@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from email.utils import formatdate
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from aiohttp import web
 
 from forwarder.cli.okta import PROVIDER_ACTIONS as CLI_ACTIONS
 from forwarder.okta.provision import PROVIDER_ACTIONS, TEST_EVENT_IP, TEST_EVENT_MESSAGE
+from tests.fake_okta import fake_okta
 from tests.harness import ips
 from tests.okta_cli import Org, served_org  # noqa: F401 - the `org` fixture
 from tests.procs import Proc, free_port, run_cli, sandbox
@@ -28,25 +28,6 @@ from tests.procs import Proc, free_port, run_cli, sandbox
 pytestmark = pytest.mark.slow
 
 RISK = "okta.riskEvents.manage"
-
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@contextlib.asynccontextmanager
-async def fake_okta(routes: dict[tuple[str, str], Handler]) -> AsyncIterator[str]:
-    """An HTTP server answering only ``routes``: for what the sandbox cannot show."""
-    app = web.Application()
-    for (method, path), handler in routes.items():
-        app.router.add_route(method, path, handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
 
 
 # ---------------------------------------------------------------------- create-app
