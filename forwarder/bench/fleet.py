@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 
+from forwarder.bench.org import sandbox_args
 from forwarder.bench.plan import PER_CALL_MAX
 from forwarder.bench.procs import Daemon, Proc, free_port
 from forwarder.bench.stats import add_counts
@@ -58,11 +59,7 @@ async def fleet(
     proc = Proc(
         directory / "sandbox.log",
         "forwarder",
-        "sandbox",
-        "--listen", f"127.0.0.1:{port}",
-        "--api-token-file", str(token_file),
-        "--window-seconds", str(window_s),
-        "--calls-per-minute", str(calls),
+        *sandbox_args(port, token_file, window_s=window_s, calls=calls),
         "--orgs", str(orgs),
         "--public-key", str(public_key),
         "--orgs-file", str(orgs_file),
