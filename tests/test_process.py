@@ -83,6 +83,15 @@ async def wait_ready(metrics_url: str, proc: Proc) -> None:
     raise AssertionError("daemon never became ready")
 
 
+async def post_low(ingest_url: str, addresses: list[str], *, per_request: int) -> None:
+    """POST ``addresses`` as LOW signals, ``per_request`` a request; each answered 202."""
+    async with aiohttp.ClientSession() as session:
+        for i in range(0, len(addresses), per_request):
+            items = [{"ip": ip, "riskLevel": "LOW"} for ip in addresses[i : i + per_request]]
+            async with session.post(f"{ingest_url}/v1/signals", json=items) as resp:
+                assert resp.status == 202
+
+
 async def accepted_ips(org: str, api_token: str) -> list[str]:
     async with (
         aiohttp.ClientSession() as session,
@@ -117,11 +126,7 @@ async def test_kill_9_after_202_loses_nothing(daemon_env: tuple[str, str, Path])
     try:
         await wait_ready(metrics, proc)
         sent = ips(6000)
-        async with aiohttp.ClientSession() as session:
-            for i in range(0, len(sent), 200):
-                items = [{"ip": ip, "riskLevel": "LOW"} for ip in sent[i : i + 200]]
-                async with session.post(f"{ingest}/v1/signals", json=items) as resp:
-                    assert resp.status == 202
+        await post_low(ingest, sent, per_request=200)
         proc.popen.send_signal(signal.SIGKILL)
         proc.popen.wait(timeout=10)
     finally:
@@ -148,11 +153,7 @@ async def test_sigterm_drains_and_keeps_the_backlog(daemon_env: tuple[str, str, 
     proc = Proc(config.parent / "daemon.log", "run", "--config", str(config))
     try:
         await wait_ready(metrics, proc)
-        async with aiohttp.ClientSession() as session:
-            items = [{"ip": ip, "riskLevel": "LOW"} for ip in ips(5000)]
-            for i in range(0, len(items), 500):
-                async with session.post(f"{ingest}/v1/signals", json=items[i : i + 500]) as r:
-                    assert r.status == 202
+        await post_low(ingest, ips(5000), per_request=500)
         await asyncio.sleep(0.5)
         started = time.monotonic()
         proc.popen.send_signal(signal.SIGTERM)
