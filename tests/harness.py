@@ -28,6 +28,96 @@ def ips(count: int, offset: int = 0) -> list[str]:
     ]
 
 
+def provision_app(
+    sandbox: SandboxOrg,
+    name: str,
+    key: SigningKey,
+    *,
+    grant: bool = True,
+    provider: str | None = None,
+    action: str = "log_only",
+    dpop: bool = False,
+) -> str:
+    """A service app set up directly in ``sandbox`` (a precondition, not under test): its
+    client id.
+
+    ``key``'s public JWK is registered; ``grant``: the risk-events scope is granted;
+    ``provider``: the app is made the org's risk provider of that name, with ``action``;
+    ``dpop``: the app requires DPoP (``dpop_bound_access_tokens``).
+    """
+    client_id = sandbox.register_client(name, {"keys": [key.public_jwk()]}, dpop=dpop)
+    if grant:
+        sandbox.grant(client_id)
+    if provider is not None:
+        sandbox.set_provider(client_id, provider, action=action)
+    return client_id
+
+
+def dpop_sandbox() -> tuple[FakeClock, SandboxOrg, SigningKey, str]:
+    """A sandbox on a FakeClock whose one app (RS256 key), the risk provider "Partner",
+    requires DPoP: the clock, the org, the app's key and its client id."""
+    clock = FakeClock()
+    org = SandboxOrg(clock=clock)
+    key = generate_signing_key("RS256")
+    return clock, org, key, provision_app(org, "dpop app", key, provider="Partner", dpop=True)
+
+
+def register_provider(
+    sandbox: SandboxOrg,
+    org_url: str,
+    tmp: Path,
+    name: str,
+    *,
+    key: SigningKey | None = None,
+    registered_key: SigningKey | None = None,
+    grant: bool = True,
+    configure: bool = True,
+    dpop_app: bool = False,
+    **overrides: Any,
+) -> tuple[str, dict[str, Any]]:
+    """A service app registered in ``sandbox`` (its private key written to ``tmp``); its
+    client id and the provider entry of a config (with ``overrides``).
+
+    ``registered_key``: the public key registered, when not ``key``'s; ``grant``: the scope
+    is granted; ``configure``: the app is made the org's risk provider; ``dpop_app``: the
+    app requires DPoP (``dpop_bound_access_tokens``).
+    """
+    key = key or generate_signing_key("RS256")
+    client_id = provision_app(
+        sandbox,
+        name,
+        registered_key or key,
+        grant=grant,
+        provider=name if configure else None,
+        dpop=dpop_app,
+    )
+    key_file = tmp / f"{name}.jwk.json"
+    write_private_key(key_file, key, force=True)
+    provider = {
+        "name": name,
+        "org_url": org_url,
+        "client_id": client_id,
+        "private_key_file": str(key_file),
+        **overrides,
+    }
+    return client_id, provider
+
+
+async def launch(daemon: Daemon) -> tuple[asyncio.Event, asyncio.Task[None]]:
+    """Run ``daemon`` in the background until it is ready: its stop event and its task.
+
+    A daemon that ends before it is ready raises what it raised here.
+    """
+    stop = asyncio.Event()
+    task = asyncio.create_task(daemon.run(stop))
+    ready = asyncio.create_task(daemon.ready.wait())
+    await asyncio.wait({ready, task}, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        ready.cancel()
+        task.result()
+    return stop, task
+
+
 @dataclass
 class Harness:
     clock: FakeClock
@@ -44,39 +134,16 @@ class Harness:
         self,
         name: str,
         *,
-        key: SigningKey | None = None,
-        registered_key: SigningKey | None = None,
-        grant: bool = True,
-        configure: bool = True,
         org: tuple[SandboxOrg, str] | None = None,
-        dpop_app: bool = False,
-        **overrides: Any,
+        **options: Any,
     ) -> str:
         """Register a service app in the sandbox and a provider in the config; return client id.
 
-        ``dpop_app``: the app requires DPoP (``dpop_bound_access_tokens``).
+        ``options`` are :func:`register_provider`'s.
         """
         sandbox, org_url = org or (self.org, self.org_url)
-        key = key or generate_signing_key("RS256")
-        registered = registered_key or key
-        client_id = sandbox.register_client(
-            name, {"keys": [registered.public_jwk()]}, dpop=dpop_app
-        )
-        if grant:
-            sandbox.grant(client_id)
-        if configure:
-            sandbox.set_provider(client_id, name)
-        key_file = self.tmp / f"{name}.jwk.json"
-        write_private_key(key_file, key, force=True)
-        self.providers.append(
-            {
-                "name": name,
-                "org_url": org_url,
-                "client_id": client_id,
-                "private_key_file": str(key_file),
-                **overrides,
-            }
-        )
+        client_id, provider = register_provider(sandbox, org_url, self.tmp, name, **options)
+        self.providers.append(provider)
         return client_id
 
     async def spend_window(self, client_id: str, key: SigningKey, calls: int = 3) -> None:
@@ -112,13 +179,7 @@ class Harness:
     async def start(self, **sections: Any) -> Daemon:
         """Start the daemon in the background and wait until it is ready."""
         daemon = Daemon(self.settings(**sections), self.tmp, clock=self.clock)
-        self._stop = asyncio.Event()
-        self._task = asyncio.create_task(daemon.run(self._stop))
-        ready = asyncio.create_task(daemon.ready.wait())
-        await asyncio.wait({ready, self._task}, return_when=asyncio.FIRST_COMPLETED)
-        if self._task.done():
-            ready.cancel()
-            self._task.result()
+        self._stop, self._task = await launch(daemon)
         self.daemon = daemon
         return daemon
 

@@ -19,6 +19,7 @@ still commits for every client, which is what the tests observe.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
@@ -27,11 +28,13 @@ import pytest
 
 from forwarder.bench.pg import PgCluster, start_cluster
 from forwarder.bench.pg import pg_bin_dir as _found_bin_dir
+from forwarder.store.postgres import owners
 from forwarder.store.postgres.schema import migrate
 from forwarder.store.postgres.writer import BroadcastRow, TargetedRow, upsert_rows
 
 __all__ = [
     "PgCluster",
+    "migrated_pools",
     "pg_bin_dir",
     "pg_cluster",
     "pg_dsn",
@@ -78,6 +81,22 @@ async def pg_pool(pg_dsn: str) -> AsyncIterator[asyncpg.Pool]:
         yield made
     finally:
         await made.close()
+
+
+@contextlib.asynccontextmanager
+async def migrated_pools(
+    dsn: str, count: int, providers: Sequence[str]
+) -> AsyncIterator[list[asyncpg.Pool]]:
+    """``count`` replicas' pools on the database of ``dsn``, migrated, with ``providers``."""
+    made = [await asyncpg.create_pool(dsn, min_size=1, max_size=4) for _ in range(count)]
+    try:
+        async with made[0].acquire() as conn:
+            await migrate(conn)
+            await owners.ensure_providers(conn, list(providers))
+        yield made
+    finally:
+        for pool in made:
+            await pool.close()
 
 
 async def write_rows(

@@ -13,6 +13,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from forwarder.bench.org import sandbox_args
+
 __all__ = ["REPO", "CliResult", "Proc", "cli", "free_port", "run_cli", "sandbox"]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -62,16 +64,7 @@ def sandbox(tmp: Path, window_s: float = 5.0) -> Iterator[tuple[str, str]]:
     """`forwarder sandbox` in a subprocess: yields its URL and its admin API token."""
     port = free_port()
     token_file = tmp / "api-token"
-    proc = Proc(
-        tmp / "sandbox.log",
-        "sandbox",
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--api-token-file",
-        str(token_file),
-        "--window-seconds",
-        str(window_s),
-    )
+    proc = Proc(tmp / "sandbox.log", *sandbox_args(port, token_file, window_s=window_s))
     try:
         proc.wait_for_output("listening on")
         yield f"http://127.0.0.1:{port}", token_file.read_text().strip()

@@ -11,106 +11,23 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from email.utils import formatdate
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 
 from forwarder.cli.okta import PROVIDER_ACTIONS as CLI_ACTIONS
-from forwarder.clock import SystemClock
-from forwarder.okta.keys import SigningKey, generate_signing_key, write_private_key
 from forwarder.okta.provision import PROVIDER_ACTIONS, TEST_EVENT_IP, TEST_EVENT_MESSAGE
-from forwarder.sandbox import SandboxOrg, serve
+from tests.fake_okta import fake_okta
 from tests.harness import ips
-from tests.procs import CliResult, Proc, free_port, run_cli, sandbox
+from tests.okta_cli import Org, served_org  # noqa: F401 - the `org` fixture
+from tests.procs import Proc, free_port, run_cli, sandbox
 
 pytestmark = pytest.mark.slow
 
 RISK = "okta.riskEvents.manage"
-
-
-@dataclass
-class Org:
-    """A sandbox org served on loopback, its admin token file and a scratch directory."""
-
-    sandbox: SandboxOrg
-    url: str
-    token_file: Path
-    tmp: Path
-
-    async def okta(self, *args: str, org: str | None = None) -> CliResult:
-        """`forwarder okta ARGS --org URL --api-token-file FILE`."""
-        return await run_cli(
-            "okta", *args, "--org", org or self.url, "--api-token-file", str(self.token_file)
-        )
-
-    def key(self, name: str, alg: str = "ES256") -> tuple[SigningKey, Path]:
-        """A key whose private file is written; its public JWK file beside it."""
-        key = generate_signing_key(alg)
-        private = self.tmp / f"{name}.private.jwk.json"
-        write_private_key(private, key)
-        public = self.tmp / f"{name}.public.jwk.json"
-        public.write_text(json.dumps(key.public_jwk()))
-        return key, private
-
-    def register(self, name: str, *, grant: bool = True, provider: bool = True) -> str:
-        """A service app set up directly in the sandbox (a precondition, not under test)."""
-        key, _ = self.key(name)
-        client_id = self.sandbox.register_client(name, {"keys": [key.public_jwk()]})
-        if grant:
-            self.sandbox.grant(client_id)
-        if provider:
-            self.sandbox.set_provider(client_id, name)
-        return client_id
-
-    def config(self, *providers: tuple[str, str, Path]) -> Path:
-        """A config with (name, client_id, private key file) providers."""
-        path = self.tmp / "forwarder.toml"
-        path.write_text(
-            "".join(
-                f'[[providers]]\nname = "{name}"\norg_url = "{self.url}"\n'
-                f'client_id = "{client_id}"\nprivate_key_file = "{key_file}"\n'
-                for name, client_id, key_file in providers
-            )
-        )
-        return path
-
-    def clients(self) -> list[dict[str, Any]]:
-        clients: list[dict[str, Any]] = self.sandbox.summary()["clients"]
-        return clients
-
-
-@pytest.fixture
-async def org(tmp_path: Path) -> AsyncIterator[Org]:
-    sandbox_org = SandboxOrg(clock=SystemClock())
-    token_file = tmp_path / "api-token"
-    token_file.write_text(sandbox_org.api_token + "\n")
-    async with serve(sandbox_org) as url:
-        yield Org(sandbox_org, url, token_file, tmp_path)
-
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@contextlib.asynccontextmanager
-async def fake_okta(routes: dict[tuple[str, str], Handler]) -> AsyncIterator[str]:
-    """An HTTP server answering only ``routes``: for what the sandbox cannot show."""
-    app = web.Application()
-    for (method, path), handler in routes.items():
-        app.router.add_route(method, path, handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
 
 
 # ---------------------------------------------------------------------- create-app
@@ -144,7 +61,7 @@ async def test_create_app_given_a_private_key_sends_only_its_public_half(org: Or
 
 async def test_grant_then_grant_again_succeeds_both_times(org: Org) -> None:
     """The scope is granted once; a second grant says it already was and exits 0."""
-    client_id = org.register("acme", grant=False, provider=False)
+    client_id, _ = org.app("acme", grant=False, provider=False)
     first = await org.okta("grant", "--client-id", client_id)
     assert first.code == 0, first.output
     assert f"granted {RISK} to {client_id}" in first.stdout
@@ -203,7 +120,7 @@ async def test_grant_for_an_unknown_client_id_shows_okta_error_and_hint(org: Org
 
 async def test_a_quoted_client_id_is_refused_before_any_call(org: Org) -> None:
     """A client id pasted with its JSON quotes is a usage error saying to remove them."""
-    client_id = org.register("acme", grant=False, provider=False)
+    client_id, _ = org.app("acme", grant=False, provider=False)
     result = await org.okta("grant", "--client-id", f'"{client_id}"')
     assert result.code == 2
     assert "--client-id is wrapped in quotes; remove them" in result.stderr
@@ -304,7 +221,7 @@ async def test_providers_list_shows_the_default_provider_and_the_limit(org: Org)
 
 async def test_providers_set_updates_the_only_provider(org: Org) -> None:
     """Without --id the default provider is updated with name, client id and action."""
-    client_id = org.register("acme", provider=False)
+    client_id, _ = org.app("acme", provider=False)
     result = await org.okta(
         "providers",
         "set",
@@ -327,8 +244,8 @@ async def test_providers_set_updates_the_only_provider(org: Org) -> None:
 
 async def test_providers_set_says_when_it_displaces_another_app(org: Org) -> None:
     """Re-pointing the only provider away from another app notes which app lost it."""
-    first = org.register("first")
-    second = org.register("second", provider=False)
+    first, _ = org.app("first")
+    second, _ = org.app("second", provider=False)
     result = await org.okta("providers", "set", "--name", "second", "--client-id", second)
     assert result.code == 0, result.output
     assert f"the provider named app {first} before" in result.stderr
@@ -381,7 +298,7 @@ def test_the_cli_offers_the_actions_okta_knows() -> None:
 
 async def test_check_says_ok_for_a_provisioned_provider(org: Org) -> None:
     """A working provider: one OK line naming the client id and the scope, exit 0."""
-    client_id = org.register("acme")
+    client_id, _ = org.app("acme")
     config = org.config(("acme", client_id, org.tmp / "acme.private.jwk.json"))
     result = await run_cli("okta", "check", "--config", str(config))
     assert result.code == 0, result.output
@@ -392,7 +309,7 @@ async def test_check_says_ok_for_a_provisioned_provider(org: Org) -> None:
 
 async def test_send_test_delivers_one_harmless_event_and_says_it_spent_a_call(org: Org) -> None:
     """--send-test: the org accepts one LOW documentation-range IP; the output says so."""
-    client_id = org.register("acme")
+    client_id, _ = org.app("acme")
     config = org.config(("acme", client_id, org.tmp / "acme.private.jwk.json"))
     result = await run_cli("okta", "check", "--config", str(config), "--send-test")
     assert result.code == 0, result.output
@@ -406,8 +323,8 @@ async def test_send_test_delivers_one_harmless_event_and_says_it_spent_a_call(or
 
 async def test_check_names_a_key_that_does_not_match_the_app(org: Org) -> None:
     """One line per provider: OK for the good one, the kid fix for the mismatched key."""
-    client_id = org.register("acme")
-    other_id = org.register("other")
+    client_id, _ = org.app("acme")
+    other_id, _ = org.app("other")
     org.key("stray")  # not the key registered on "other"
     config = org.config(
         ("acme", client_id, org.tmp / "acme.private.jwk.json"),
@@ -424,7 +341,7 @@ async def test_check_names_a_key_that_does_not_match_the_app(org: Org) -> None:
 
 async def test_check_names_a_missing_scope_grant_and_the_command_to_fix_it(org: Org) -> None:
     """A missing grant: FAILED with the grant command, exit 1."""
-    client_id = org.register("acme", grant=False)
+    client_id, _ = org.app("acme", grant=False)
     config = org.config(("acme", client_id, org.tmp / "acme.private.jwk.json"))
     result = await run_cli("okta", "check", "--config", str(config))
     assert result.code == 1

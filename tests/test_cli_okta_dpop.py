@@ -4,70 +4,15 @@ subprocesses against a sandbox org over loopback HTTP."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from forwarder.clock import SystemClock
-from forwarder.okta.keys import generate_signing_key, write_private_key
+from forwarder.okta.keys import generate_signing_key
 from forwarder.okta.provision import TEST_EVENT_IP
-from forwarder.sandbox import SandboxOrg, serve
-from tests.procs import CliResult, run_cli
+from tests.okta_cli import Org, served_org  # noqa: F401 - the `org` fixture
+from tests.procs import run_cli
 
 pytestmark = pytest.mark.slow
-
-
-@dataclass
-class Org:
-    sandbox: SandboxOrg
-    url: str
-    token_file: Path
-    tmp: Path
-
-    def app(self, name: str, *, dpop: bool, action: str = "log_only") -> tuple[str, Path]:
-        """A provisioned service app (DPoP-required or not) and its private key file."""
-        key = generate_signing_key("ES256")
-        key_file = self.tmp / f"{name}.jwk.json"
-        write_private_key(key_file, key)
-        client_id = self.sandbox.register_client(name, {"keys": [key.public_jwk()]}, dpop=dpop)
-        self.sandbox.grant(client_id)
-        self.sandbox.set_provider(client_id, name, action=action)
-        return client_id, key_file
-
-    def config(self, name: str, client_id: str, key_file: Path, **extra: str) -> Path:
-        path = self.tmp / "forwarder.toml"
-        lines = [
-            "[[providers]]",
-            f'name = "{name}"',
-            f'org_url = "{self.url}"',
-            f'client_id = "{client_id}"',
-            f'private_key_file = "{key_file}"',
-            *(f'{k} = "{v}"' for k, v in extra.items()),
-        ]
-        path.write_text("\n".join(lines) + "\n")
-        return path
-
-    async def check(self, config: Path, *args: str) -> CliResult:
-        return await run_cli(
-            "okta",
-            "check",
-            "--config",
-            str(config),
-            "--api-token-file",
-            str(self.token_file),
-            *args,
-        )
-
-
-@pytest.fixture
-async def org(tmp_path: Path) -> AsyncIterator[Org]:
-    sandbox_org = SandboxOrg(clock=SystemClock())
-    token_file = tmp_path / "api-token"
-    token_file.write_text(sandbox_org.api_token + "\n")
-    async with serve(sandbox_org) as url:
-        yield Org(sandbox_org, url, token_file, tmp_path)
 
 
 async def test_create_app_dpop_registers_an_app_that_requires_dpop(org: Org) -> None:
@@ -90,7 +35,7 @@ async def test_create_app_dpop_registers_an_app_that_requires_dpop(org: Org) -> 
 async def test_check_says_the_app_requires_dpop_and_proves_the_flow(org: Org) -> None:
     """Default dpop = "auto" on a DPoP app: OK, DPoP required, the event sent with a proof."""
     client_id, key_file = org.app("acme", dpop=True)
-    result = await org.check(org.config("acme", client_id, key_file), "--send-test")
+    result = await org.check(org.config(("acme", client_id, key_file)), "--send-test")
     assert result.code == 0, result.output
     line = result.stdout.splitlines()[-1]
     assert line.startswith("acme: OK")
@@ -102,7 +47,7 @@ async def test_check_says_the_app_requires_dpop_and_proves_the_flow(org: Org) ->
 async def test_check_with_dpop_never_names_the_setting_to_change(org: Org) -> None:
     """dpop = "never" on a DPoP app: FAILED (token) with the fix, exit 1."""
     client_id, key_file = org.app("acme", dpop=True)
-    result = await org.check(org.config("acme", client_id, key_file, dpop="never"))
+    result = await org.check(org.config(("acme", client_id, key_file), dpop="never"))
     assert result.code == 1
     assert "acme: FAILED (token)" in result.stdout
     assert "invalid_dpop_proof" in result.stdout
@@ -111,8 +56,8 @@ async def test_check_with_dpop_never_names_the_setting_to_change(org: Org) -> No
 
 async def test_send_test_confirm_finds_the_event_in_the_system_log(org: Org) -> None:
     """--send-test --confirm: OK naming the System Log event's uuid; JSON carries the event."""
-    client_id, key_file = org.app("acme", dpop=False)
-    config = org.config("acme", client_id, key_file)
+    client_id, key_file = org.app("acme")
+    config = org.config(("acme", client_id, key_file))
     result = await org.check(config, "--send-test", "--confirm", "--json")
     assert result.code == 0, result.output
     [provider] = json.loads(result.stdout)["providers"]
@@ -124,8 +69,8 @@ async def test_send_test_confirm_finds_the_event_in_the_system_log(org: Org) -> 
 
 async def test_confirm_says_plainly_that_no_event_appeared_and_why(org: Org) -> None:
     """Provider action none: FAILED (confirm), the action named as the cause, exit 1."""
-    client_id, key_file = org.app("acme", dpop=False, action="none")
-    config = org.config("acme", client_id, key_file)
+    client_id, key_file = org.app("acme", action="none")
+    config = org.config(("acme", client_id, key_file))
     result = await org.check(config, "--send-test", "--confirm", "--confirm-timeout", "1")
     assert result.code == 1, result.output
     assert "acme: FAILED (confirm)" in result.stdout
@@ -136,8 +81,8 @@ async def test_confirm_says_plainly_that_no_event_appeared_and_why(org: Org) -> 
 
 async def test_confirm_without_send_test_is_a_usage_error(org: Org) -> None:
     """--confirm alone: exit 2 saying it needs --send-test; nothing is sent."""
-    client_id, key_file = org.app("acme", dpop=False)
-    result = await org.check(org.config("acme", client_id, key_file), "--confirm")
+    client_id, key_file = org.app("acme")
+    result = await org.check(org.config(("acme", client_id, key_file)), "--confirm")
     assert result.code == 2
     assert "--confirm needs --send-test" in result.stderr
     assert org.sandbox.event_calls == []

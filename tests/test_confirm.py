@@ -21,6 +21,7 @@ from forwarder.okta.admin import AdminClient, next_link
 from forwarder.okta.keys import generate_signing_key, write_private_key
 from forwarder.okta.provision import CheckResult, Confirm, check_provider
 from forwarder.sandbox import SandboxOrg, serve
+from tests.harness import provision_app
 
 
 @dataclass
@@ -56,9 +57,7 @@ async def _env(tmp_path: Path, *, dpop: bool = False) -> AsyncIterator[Env]:
     key = generate_signing_key("ES256")
     key_file = tmp_path / "acme.jwk.json"
     write_private_key(key_file, key)
-    client_id = org.register_client("acme", {"keys": [key.public_jwk()]}, dpop=dpop)
-    org.grant(client_id)
-    org.set_provider(client_id, "Acme partner")
+    client_id = provision_app(org, "acme", key, provider="Acme partner", dpop=dpop)
     async with serve(org) as url, aiohttp.ClientSession() as session:
         yield Env(clock, org, url, session, client_id, key_file)
 

@@ -225,18 +225,32 @@ def render(kustomization: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
-@pytest.fixture(scope="module")
-def kube_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """deploy/kubernetes copied, with the secret files an operator adds before applying."""
-    root = tmp_path_factory.mktemp("kube") / "kubernetes"
+def secret_files(kustomization: Path) -> list[Path]:
+    """The files a kustomization's secret generators read (an operator provides them)."""
+    spec = yaml.safe_load(kustomization.read_text())
+    return [
+        kustomization.parent / entry.rpartition("=")[2]
+        for generator in spec.get("secretGenerator", [])
+        for entry in generator["files"]
+    ]
+
+
+def operator_tree(tmp_path_factory: pytest.TempPathFactory, name: str, *overlays: str) -> Path:
+    """deploy/kubernetes copied, with the secret files an operator adds before applying
+    ``overlays`` (directories below deploy/kubernetes)."""
+    root = tmp_path_factory.mktemp(name) / "kubernetes"
     shutil.copytree(KUBE, root)
-    kustomization = yaml.safe_load((root / "base/kustomization.yaml").read_text())
-    for generator in kustomization["secretGenerator"]:
-        for entry in generator["files"]:
-            path = root / "base" / entry.rpartition("=")[2]
+    for overlay in overlays:
+        for path in secret_files(root / overlay / "kustomization.yaml"):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(f"operator's {path.name}\n")
     return root
+
+
+@pytest.fixture(scope="module")
+def kube_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """deploy/kubernetes copied, with the secret files an operator adds before applying."""
+    return operator_tree(tmp_path_factory, "kube", "base")
 
 
 @pytest.fixture(scope="module")

@@ -16,30 +16,26 @@ import pytest
 import yaml
 
 from forwarder.config import Settings
-from tests.test_deploy import BIN, COMPOSE, KUBE, KUBE_VERSIONS, UID, VERSION, one, render, run
+from tests.test_deploy import (
+    BIN,
+    COMPOSE,
+    KUBE,
+    KUBE_VERSIONS,
+    UID,
+    VERSION,
+    one,
+    operator_tree,
+    render,
+    run,
+)
 
 OVERLAY = KUBE / "postgres"
-
-
-def secret_files(kustomization: Path) -> list[Path]:
-    spec = yaml.safe_load(kustomization.read_text())
-    return [
-        kustomization.parent / entry.rpartition("=")[2]
-        for generator in spec.get("secretGenerator", [])
-        for entry in generator["files"]
-    ]
 
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """deploy/kubernetes copied, with the secret files an operator adds (base and overlay)."""
-    root = tmp_path_factory.mktemp("kube-pg") / "kubernetes"
-    shutil.copytree(KUBE, root)
-    for kustomization in (root / "base/kustomization.yaml", root / "postgres/kustomization.yaml"):
-        for path in secret_files(kustomization):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(f"operator's {path.name}\n")
-    return root
+    return operator_tree(tmp_path_factory, "kube-pg", "base", "postgres")
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,8 @@ from forwarder.okta.provision import connectivity_signal
 from forwarder.okta.tokens import TokenSource
 from forwarder.ratelimit import max_calls_in_window
 from forwarder.sandbox import SandboxOrg, serve
-from tests.harness import harness, ips
+from tests.fake_okta import events_routes, events_sender, fake_okta
+from tests.harness import dpop_sandbox, harness, ips
 
 
 @dataclass
@@ -54,12 +55,7 @@ class Env:
 
 @pytest.fixture
 async def env() -> AsyncIterator[Env]:
-    clock = FakeClock()
-    org = SandboxOrg(clock=clock)
-    key = generate_signing_key("RS256")
-    client_id = org.register_client("dpop app", {"keys": [key.public_jwk()]}, dpop=True)
-    org.grant(client_id)
-    org.set_provider(client_id, "Partner")
+    clock, org, key, client_id = dpop_sandbox()
     async with serve(org) as url, aiohttp.ClientSession() as session:
         yield Env(clock, org, url, session, key, client_id)
 
@@ -324,35 +320,12 @@ async def test_dpop_refusals_of_the_events_call_stop_the_provider_not_dead_lette
     """A 400/401 about DPoP is an operator problem with a hint, never a rejected payload."""
     clock = FakeClock()
 
-    async def token(_: web.Request) -> web.Response:
-        return web.json_response(
-            {"token_type": "Bearer", "expires_in": 3600, "access_token": "t0k3n-value-1"}
-        )
-
     async def events(_: web.Request) -> web.Response:
         return web.Response(status=status, body=body, headers=headers)
 
-    app = web.Application()
-    app.router.add_post("/oauth2/v1/token", token)
-    app.router.add_post("/api/v1/risk/events/ip", events)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
-        async with aiohttp.ClientSession() as session:
-            tokens = TokenSource(
-                session=session,
-                org_url=url,
-                client_id="0oa1",
-                key=generate_signing_key("ES256"),
-                clock=clock,
-                dpop=DPoP(mode="auto", clock=clock),
-            )
-            sender = RiskEventsSender(session=session, org_url=url, tokens=tokens, clock=clock)
-            with pytest.raises(InvalidCredentials) as err:
-                await sender.send([connectivity_signal(clock.time())], spend=_spend_nothing)
-    finally:
-        await runner.cleanup()
+    async with fake_okta(events_routes(events)) as url, aiohttp.ClientSession() as session:
+        sender = events_sender(session, url, clock, dpop=DPoP(mode="auto", clock=clock))
+        with pytest.raises(InvalidCredentials) as err:
+            await sender.send([connectivity_signal(clock.time())], spend=_spend_nothing)
     assert err.value.error == error
     assert "dpop" in err.value.hint

@@ -14,9 +14,8 @@ from aiohttp import web
 from forwarder.clock import FakeClock
 from forwarder.errors import InvalidCredentials, PermanentSendError, RetryableSendError
 from forwarder.okta.events import MAX_RESET_WAIT_S, RiskEventsSender
-from forwarder.okta.keys import generate_signing_key
-from forwarder.okta.tokens import TokenSource
 from forwarder.signals import RiskLevel, Signal
+from tests.fake_okta import events_routes, events_sender, fake_okta
 
 
 @dataclass
@@ -38,33 +37,11 @@ async def env() -> AsyncIterator[Env]:
     clock = FakeClock()
     answer = Answer()
 
-    async def token(_: web.Request) -> web.Response:
-        return web.json_response(
-            {"token_type": "Bearer", "expires_in": 3600, "access_token": "t0k3n-value-1"}
-        )
-
     async def events(_: web.Request) -> web.Response:
         return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
 
-    app = web.Application()
-    app.router.add_post("/oauth2/v1/token", token)
-    app.router.add_post("/api/v1/risk/events/ip", events)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    async with aiohttp.ClientSession() as session:
-        tokens = TokenSource(
-            session=session,
-            org_url=url,
-            client_id="0oa1",
-            key=generate_signing_key("ES256"),
-            clock=clock,
-        )
-        sender = RiskEventsSender(session=session, org_url=url, tokens=tokens, clock=clock)
-        yield Env(clock, answer, sender)
-    await runner.cleanup()
+    async with fake_okta(events_routes(events)) as url, aiohttp.ClientSession() as session:
+        yield Env(clock, answer, events_sender(session, url, clock))
 
 
 SIGNALS = [Signal("192.0.2.1", RiskLevel.HIGH, "", 1_800_000_000_000, None, 1_800_000_000_000)]

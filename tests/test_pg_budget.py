@@ -17,7 +17,7 @@ from forwarder.ratelimit import max_calls_in_window
 from forwarder.store.postgres import owners
 from forwarder.store.postgres.budget import FencedCallLog
 from forwarder.store.postgres.queue import Fenced
-from forwarder.store.postgres.schema import migrate
+from tests.pg import migrated_pools
 
 pytestmark = pytest.mark.slow
 
@@ -26,15 +26,8 @@ APP = "https://acme.okta.com|0oa1"
 
 @pytest.fixture
 async def pools(pg_dsn: str) -> AsyncIterator[list[asyncpg.Pool]]:
-    made = [await asyncpg.create_pool(pg_dsn, min_size=1, max_size=4) for _ in range(2)]
-    try:
-        async with made[0].acquire() as conn:
-            await migrate(conn)
-            await owners.ensure_providers(conn, ["acme", "acme-renamed"])
+    async with migrated_pools(pg_dsn, 2, ["acme", "acme-renamed"]) as made:
         yield made
-    finally:
-        for p in made:
-            await p.close()
 
 
 async def claim(pool: asyncpg.Pool, replica: str, provider: str) -> int:

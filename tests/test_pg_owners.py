@@ -15,7 +15,7 @@ import pytest
 
 from forwarder.store.postgres import owners
 from forwarder.store.postgres.owners import Replica
-from forwarder.store.postgres.schema import migrate
+from tests.pg import migrated_pools
 
 pytestmark = pytest.mark.slow
 
@@ -30,15 +30,8 @@ def at(seconds: float) -> datetime:
 @pytest.fixture
 async def pools(pg_dsn: str) -> AsyncIterator[list[asyncpg.Pool]]:
     """Three replicas' pools on one migrated database with ten providers."""
-    made = [await asyncpg.create_pool(pg_dsn, min_size=1, max_size=4) for _ in range(3)]
-    try:
-        async with made[0].acquire() as conn:
-            await migrate(conn)
-            await owners.ensure_providers(conn, PROVIDERS)
+    async with migrated_pools(pg_dsn, 3, PROVIDERS) as made:
         yield made
-    finally:
-        for pool in made:
-            await pool.close()
 
 
 async def test_concurrent_claims_split_providers_without_overlap(

@@ -21,16 +21,14 @@ import aiohttp
 import asyncpg
 import pytest
 
-from forwarder.clock import SystemClock
-from forwarder.okta.keys import generate_signing_key, write_private_key
 from forwarder.ratelimit import max_calls_in_window
-from forwarder.sandbox import SandboxOrg, serve
+from forwarder.sandbox import SandboxOrg
 from tests.harness import ips
 from tests.procs import Proc, free_port
+from tests.test_pg_replicas import WINDOW_S, provider_org
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
-WINDOW_S = 2.0
 TTL_S = 2.0
 ORGS = 4
 
@@ -47,25 +45,10 @@ class Setup:
         (tmp / "dsn").write_text(dsn + "\n")
 
     async def add_org(self, name: str) -> None:
-        org = SandboxOrg(clock=SystemClock(), window_s=WINDOW_S)
-        url = await self.stack.enter_async_context(serve(org))
-        key = generate_signing_key("ES256")
-        client_id = org.register_client(name, {"keys": [key.public_jwk()]})
-        org.grant(client_id)
-        org.set_provider(client_id, name)
-        write_private_key(self.tmp / f"{name}.jwk.json", key, force=True)
+        # 50 subjects per call, so a drain takes several windows.
+        org, _, provider = await provider_org(self.stack, self.tmp, name, max_events_per_call=1)
         self.orgs[name] = org
-        self.providers.append(
-            {
-                "name": name,
-                "org_url": url,
-                "client_id": client_id,
-                "private_key_file": str(self.tmp / f"{name}.jwk.json"),
-                "window_s": WINDOW_S,
-                # 50 subjects per call, so a drain takes several windows.
-                "max_events_per_call": 1,
-            }
-        )
+        self.providers.append(provider)
 
     def start(self, name: str) -> None:
         ingest, metrics = free_port(), free_port()

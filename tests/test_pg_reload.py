@@ -58,14 +58,7 @@ def write_full_config(f: Fleet, names: list[str], *, timeout_s: float | None = N
 async def start_from_file(f: Fleet, name: str, path: Path) -> Daemon:
     settings, base = load_settings(path)
     daemon = Daemon(settings, base, clock=SystemClock(), config_path=path)
-    stop = asyncio.Event()
-    task = asyncio.create_task(daemon.run(stop))
-    ready = asyncio.create_task(daemon.ready.wait())
-    await asyncio.wait({ready, task}, return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        task.result()
-    f.running[name] = (daemon, stop, task)
-    return daemon
+    return await f.launch(name, daemon)
 
 
 def configured(daemon: Daemon) -> set[str]:

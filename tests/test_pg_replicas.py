@@ -26,17 +26,31 @@ import structlog
 from forwarder.app import Daemon
 from forwarder.clock import SystemClock
 from forwarder.config import Settings
-from forwarder.okta.keys import generate_signing_key, write_private_key
+from forwarder.okta.keys import generate_signing_key
 from forwarder.ratelimit import max_calls_in_window
 from forwarder.sandbox import SandboxOrg, serve
 from forwarder.telemetry import configure_logging
-from tests.harness import ips
+from tests.harness import ips, launch, register_provider
 from tests.pg import PgCluster
 from tests.procs import run_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 WINDOW_S = 2.0
+
+
+async def provider_org(
+    stack: contextlib.AsyncExitStack, tmp: Path, name: str, **overrides: Any
+) -> tuple[SandboxOrg, str, dict[str, Any]]:
+    """A sandbox org of its own on the real clock (window ``WINDOW_S``), served until
+    ``stack`` closes, with one risk provider: the org, its client id, the provider entry."""
+    org = SandboxOrg(clock=SystemClock(), window_s=WINDOW_S)
+    url = await stack.enter_async_context(serve(org))
+    key = generate_signing_key("ES256")
+    client_id, provider = register_provider(
+        org, url, tmp, name, key=key, window_s=WINDOW_S, **overrides
+    )
+    return org, client_id, provider
 
 
 @dataclass
@@ -54,24 +68,10 @@ class Fleet:
 
     async def add_org(self, name: str) -> None:
         """One sandbox org (its own server, its own window) with one risk provider."""
-        org = SandboxOrg(clock=SystemClock(), window_s=WINDOW_S)
-        url = await self.stack.enter_async_context(serve(org))
-        key = generate_signing_key("ES256")
-        client_id = org.register_client(name, {"keys": [key.public_jwk()]})
-        org.grant(client_id)
-        org.set_provider(client_id, name)
+        org, client_id, provider = await provider_org(self.stack, self.tmp, name)
         self.orgs[name] = org
-        write_private_key(self.tmp / f"{name}.jwk.json", key, force=True)
         self.clients[name] = client_id
-        self.providers.append(
-            {
-                "name": name,
-                "org_url": url,
-                "client_id": client_id,
-                "private_key_file": str(self.tmp / f"{name}.jwk.json"),
-                "window_s": WINDOW_S,
-            }
-        )
+        self.providers.append(provider)
 
     async def start(self, name: str) -> Daemon:
         settings = Settings.model_validate(
@@ -88,13 +88,11 @@ class Fleet:
                 "providers": self.providers,
             }
         )
-        daemon = Daemon(settings, self.tmp, clock=SystemClock())
-        stop = asyncio.Event()
-        task = asyncio.create_task(daemon.run(stop))
-        ready = asyncio.create_task(daemon.ready.wait())
-        await asyncio.wait({ready, task}, return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            task.result()
+        return await self.launch(name, Daemon(settings, self.tmp, clock=SystemClock()))
+
+    async def launch(self, name: str, daemon: Daemon) -> Daemon:
+        """Run ``daemon`` as replica ``name`` until it is ready."""
+        stop, task = await launch(daemon)
         self.running[name] = (daemon, stop, task)
         return daemon
 

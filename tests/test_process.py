@@ -83,6 +83,27 @@ async def wait_ready(metrics_url: str, proc: Proc) -> None:
     raise AssertionError("daemon never became ready")
 
 
+async def post_low(ingest_url: str, addresses: list[str], *, per_request: int) -> None:
+    """POST ``addresses`` as LOW signals, ``per_request`` a request; each answered 202."""
+    async with aiohttp.ClientSession() as session:
+        for i in range(0, len(addresses), per_request):
+            items = [{"ip": ip, "riskLevel": "LOW"} for ip in addresses[i : i + per_request]]
+            async with session.post(f"{ingest_url}/v1/signals", json=items) as resp:
+                assert resp.status == 202
+
+
+@contextlib.asynccontextmanager
+async def running(config: Path) -> AsyncIterator[Proc]:
+    """`forwarder run --config CONFIG` as a process, once ready; killed afterwards if it
+    still runs (its output stays readable)."""
+    proc = Proc(config.parent / "daemon.log", "run", "--config", str(config))
+    try:
+        await wait_ready(urls(config)[1], proc)
+        yield proc
+    finally:
+        proc.stop()
+
+
 async def accepted_ips(org: str, api_token: str) -> list[str]:
     async with (
         aiohttp.ClientSession() as session,
@@ -112,54 +133,34 @@ async def daemon_env(tmp_path: Path) -> AsyncIterator[tuple[str, str, Path]]:
 async def test_kill_9_after_202_loses_nothing(daemon_env: tuple[str, str, Path]) -> None:
     """Every signal answered 202 reaches Okta, though the daemon was SIGKILLed right after."""
     org, token, config = daemon_env
-    ingest, metrics = urls(config)
-    proc = Proc(config.parent / "daemon.log", "run", "--config", str(config))
-    try:
-        await wait_ready(metrics, proc)
-        sent = ips(6000)
-        async with aiohttp.ClientSession() as session:
-            for i in range(0, len(sent), 200):
-                items = [{"ip": ip, "riskLevel": "LOW"} for ip in sent[i : i + 200]]
-                async with session.post(f"{ingest}/v1/signals", json=items) as resp:
-                    assert resp.status == 202
+    ingest, _ = urls(config)
+    sent = ips(6000)
+    async with running(config) as proc:
+        await post_low(ingest, sent, per_request=200)
         proc.popen.send_signal(signal.SIGKILL)
         proc.popen.wait(timeout=10)
-    finally:
-        proc.stop()
     before = set(await accepted_ips(org, token))
     assert len(before) < len(sent), "the daemon delivered everything before the kill"
-    proc = Proc(config.parent / "daemon.log", "run", "--config", str(config))
-    try:
-        await wait_ready(metrics, proc)
+    async with running(config):
         for _ in range(600):
             if set(await accepted_ips(org, token)) >= set(sent):
                 break
             await asyncio.sleep(0.1)
         assert set(await accepted_ips(org, token)) >= set(sent)
         assert 429 not in await call_statuses(org, token)
-    finally:
-        proc.stop()
 
 
 async def test_sigterm_drains_and_keeps_the_backlog(daemon_env: tuple[str, str, Path]) -> None:
     """SIGTERM: exit 0 promptly; what was not sent stays in the store."""
     org, token, config = daemon_env
-    ingest, metrics = urls(config)
-    proc = Proc(config.parent / "daemon.log", "run", "--config", str(config))
-    try:
-        await wait_ready(metrics, proc)
-        async with aiohttp.ClientSession() as session:
-            items = [{"ip": ip, "riskLevel": "LOW"} for ip in ips(5000)]
-            for i in range(0, len(items), 500):
-                async with session.post(f"{ingest}/v1/signals", json=items[i : i + 500]) as r:
-                    assert r.status == 202
+    ingest, _ = urls(config)
+    async with running(config) as proc:
+        await post_low(ingest, ips(5000), per_request=500)
         await asyncio.sleep(0.5)
         started = time.monotonic()
         proc.popen.send_signal(signal.SIGTERM)
         assert proc.popen.wait(timeout=15) == 0
         assert time.monotonic() - started < 6
-    finally:
-        proc.stop()
     lines = proc.output.splitlines()
     events = [json.loads(line)["event"] for line in lines if line.startswith("{")]
     assert "forwarder_draining" in events
@@ -219,12 +220,10 @@ async def test_broken_bodies_and_requests_log_only_json_lines(
 ) -> None:
     """Corrupt codings and malformed HTTP get JSON 4xx; the daemon writes only JSON lines."""
     _, _, config = daemon_env
-    ingest, metrics = urls(config)
+    ingest, _ = urls(config)
     host, port = ingest.removeprefix("http://").split(":")
-    proc = Proc(config.parent / "daemon.log", "run", "--config", str(config))
     statuses = []
-    try:
-        await wait_ready(metrics, proc)
+    async with running(config) as proc:
         async with aiohttp.ClientSession(auto_decompress=False) as session:
             for coding in ("gzip", "deflate", "br", "zstd", "gzip, br", "bogus"):
                 async with session.post(
@@ -243,8 +242,6 @@ async def test_broken_bodies_and_requests_log_only_json_lines(
             assert b"application/json" in answer.partition(b"\r\n\r\n")[0]
         proc.popen.send_signal(signal.SIGTERM)
         assert proc.popen.wait(timeout=15) == 0
-    finally:
-        proc.stop()
     assert statuses == [400, 400, 415, 415, 415, 415]
     lines = [line for line in proc.output.splitlines() if line.strip()]
     assert lines

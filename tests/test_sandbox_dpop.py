@@ -25,6 +25,7 @@ from multidict import CIMultiDict
 from forwarder.clock import FakeClock
 from forwarder.okta.keys import SigningKey, generate_signing_key
 from forwarder.sandbox import SandboxOrg, serve
+from tests.harness import dpop_sandbox
 
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 RISK = "okta.riskEvents.manage"
@@ -139,12 +140,7 @@ class Env:
 
 @pytest.fixture
 async def env() -> AsyncIterator[Env]:
-    clock = FakeClock()
-    org = SandboxOrg(clock=clock)
-    key = generate_signing_key("RS256")
-    client_id = org.register_client("dpop app", {"keys": [key.public_jwk()]}, dpop=True)
-    org.grant(client_id)
-    org.set_provider(client_id, "Partner")
+    clock, org, key, client_id = dpop_sandbox()
     async with serve(org) as base, aiohttp.ClientSession() as http:
         yield Env(org, clock, base, http, key, client_id, ECKey.generate_key("P-256"))
 

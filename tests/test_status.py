@@ -70,6 +70,18 @@ async def deliver_one_and_fail_one(h: Harness) -> tuple[str, Any]:
     return good, daemon
 
 
+async def stopped_one_good_one_bad(
+    h: Harness, capsys: pytest.CaptureFixture[str], only: set[str] | None = None
+) -> Path:
+    """:func:`deliver_one_and_fail_one`, then the daemon stopped and its logs dropped: the
+    config (:func:`write_config`) to run `status` on."""
+    await deliver_one_and_fail_one(h)
+    await h.stop()
+    config = write_config(h, only)
+    capsys.readouterr()
+    return config
+
+
 @pytest.mark.slow
 async def test_status_reads_a_running_daemons_store(h: Harness) -> None:
     """From another process, while the daemon runs: pending by level, state, last call."""
@@ -98,10 +110,7 @@ async def test_status_table_after_the_daemon_stopped(
     h: Harness, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The table shows each provider's row and, under a failing one, its error and hint."""
-    await deliver_one_and_fail_one(h)
-    await h.stop()
-    config = write_config(h)
-    capsys.readouterr()  # drop the daemon's logs
+    config = await stopped_one_good_one_bad(h, capsys)
     assert main(["status", "--config", str(config)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == [
@@ -131,10 +140,7 @@ async def test_status_lists_rows_of_a_provider_no_longer_configured(
     h: Harness, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Rows left by a provider removed from the config still show, marked not_configured."""
-    await deliver_one_and_fail_one(h)
-    await h.stop()
-    config = write_config(h, only={"good"})
-    capsys.readouterr()  # drop the daemon's logs
+    config = await stopped_one_good_one_bad(h, capsys, only={"good"})
     assert main(["status", "--config", str(config), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)["providers"]
     assert list(doc) == ["good", "bad"]
@@ -177,10 +183,7 @@ async def test_status_filters_by_provider_and_state(
     h: Harness, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """--state failing lists only the failing org; --provider NAME only that one."""
-    await deliver_one_and_fail_one(h)
-    await h.stop()
-    config = write_config(h)
-    capsys.readouterr()  # drop the daemon's logs
+    config = await stopped_one_good_one_bad(h, capsys)
     assert main(["status", "--config", str(config), "--json", "--state", "failing"]) == 0
     assert list(json.loads(capsys.readouterr().out)["providers"]) == ["bad"]
     assert main(["status", "--config", str(config), "--json", "--provider", "good"]) == 0

@@ -18,7 +18,7 @@ from forwarder.bench.procs import Proc, ProviderSpec, free_port
 from forwarder.okta.admin import AdminClient
 from forwarder.okta.keys import generate_signing_key, write_private_key
 
-__all__ = ["Org", "sandbox"]
+__all__ = ["Org", "sandbox", "sandbox_args"]
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,18 @@ class Org:
         return specs
 
 
+def sandbox_args(port: int, token_file: Path, *, window_s: float, calls: int = 3) -> list[str]:
+    """``forwarder``'s arguments for a sandbox on 127.0.0.1:``port`` that writes its admin
+    API token to ``token_file``, with ``calls`` events calls per ``window_s`` seconds."""
+    return [
+        "sandbox",
+        "--listen", f"127.0.0.1:{port}",
+        "--api-token-file", str(token_file),
+        "--window-seconds", str(window_s),
+        "--calls-per-minute", str(calls),
+    ]  # fmt: skip
+
+
 @contextlib.asynccontextmanager
 async def sandbox(directory: Path, *, window_s: float, calls: int = 3) -> AsyncIterator[Org]:
     """A ``forwarder sandbox`` process with a shortened rate window."""
@@ -89,15 +101,7 @@ async def sandbox(directory: Path, *, window_s: float, calls: int = 3) -> AsyncI
     proc = Proc(
         directory / "sandbox.log",
         "forwarder",
-        "sandbox",
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--api-token-file",
-        str(token_file),
-        "--window-seconds",
-        str(window_s),
-        "--calls-per-minute",
-        str(calls),
+        *sandbox_args(port, token_file, window_s=window_s, calls=calls),
     )
     try:
         await proc.wait_for_output("listening on")

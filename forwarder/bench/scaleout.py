@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -30,6 +29,14 @@ from typing import Any
 import aiohttp
 
 from forwarder.bench.drive import run_load
+from forwarder.bench.fleet import (
+    await_delivery,
+    feed_broadcast,
+    fleet,
+    sandbox_tallies,
+    tally,
+    vendor_key,
+)
 from forwarder.bench.pg import (
     PgCluster,
     pg_bin_dir,
@@ -37,12 +44,9 @@ from forwarder.bench.pg import (
     statements_wanted,
     top_statements,
 )
-from forwarder.bench.plan import PER_CALL_MAX, Context
+from forwarder.bench.plan import Context
 from forwarder.bench.procs import UNREACHABLE, Daemon, ProviderSpec
 from forwarder.bench.stats import merge_load, ratio
-from forwarder.bench.tenants import fleet, sandbox_tallies
-from forwarder.bench.workload import ip
-from forwarder.okta.keys import generate_signing_key, write_private_key
 
 __all__ = ["scale_out"]
 
@@ -82,21 +86,6 @@ async def _await_owners(daemons: Sequence[Daemon], orgs: int) -> tuple[float, li
                 break
             await asyncio.sleep(0.2)
     return time.monotonic() - started, owned
-
-
-async def _feed(daemons: Sequence[Daemon], count: int) -> float:
-    """POST ``count`` broadcast IPs (1000 per request, replicas in turn); last 202's time."""
-    async with aiohttp.ClientSession() as session:
-        for n, start in enumerate(range(0, count, PER_CALL_MAX)):
-            items = [
-                {"ip": ip(i), "riskLevel": "MEDIUM", "message": "shared threat feed"}
-                for i in range(start, min(count, start + PER_CALL_MAX))
-            ]
-            url = daemons[n % len(daemons)].signals_url
-            async with session.post(url, json=items) as resp:
-                if resp.status != 202:
-                    raise RuntimeError(f"feed refused: {resp.status} {await resp.text()}")
-    return time.time()
 
 
 async def _intake(daemons: Sequence[Daemon], seconds: float) -> dict[str, Any]:
@@ -173,45 +162,32 @@ async def _round(
         async with _replicas(ctx, name, specs, count, store_toml) as daemons:
             owners_s, owned = await _await_owners(daemons, orgs) if count > 1 else (0.0, [orgs])
             ctx.say(f"scale-out: {name}: {feed:,} broadcast IPs to every org")
-            fed_at = await _feed(daemons, feed)
-            deadline = time.monotonic() + max(120.0, 20 * plan.scaleout_window_s)
-            while True:
-                tallies = await sandbox_tallies(url, token)
-                done = sum(t["distinct_ips"] >= feed for t in tallies.values())
-                if done == orgs or time.monotonic() > deadline:
-                    break
-                await asyncio.sleep(0.25)
-            last = max((t["last_new_ip_at"] or 0.0 for t in tallies.values()), default=0.0)
-            delivered = sum(min(feed, t["distinct_ips"]) for t in tallies.values())
-            calls = sum(t["calls"] for t in tallies.values())
+            fed_at = await feed_broadcast(daemons, feed)
+            fed = await await_delivery(
+                url, token, orgs=orgs, feed=feed, window_s=plan.scaleout_window_s
+            )
             ctx.say(f"scale-out: {name}: intake")
             load = await _intake(daemons, plan.scaleout_intake_s)
             cpu = [d.proc.cpu_cores if d.proc else None for d in daemons]
-        final = await sandbox_tallies(url, token)
-    statuses: dict[str, int] = {}
-    for t in final.values():
-        for code, n in t["statuses"].items():
-            statuses[code] = statuses.get(code, 0) + n
-    seconds = last - fed_at if done == orgs else None
+        final = tally(await sandbox_tallies(url, token), feed)
+    seconds = fed.last_new_ip_at - fed_at if fed.complete == orgs else None
     return {
         "replicas": count,
         "owners_settled_s": round(owners_s, 2),
         "owned_per_replica": owned,
         "all_orgs_have_all_ips_s": round(seconds, 3) if seconds is not None else None,
-        "orgs_complete": done,
-        "calls": calls,
-        "delivery_calls_per_s": round(calls / seconds, 1) if seconds else None,
-        "max_calls_in_any_window": max(
-            (t["max_calls_in_window"] for t in final.values()), default=0
-        ),
-        "statuses": statuses,
+        "orgs_complete": fed.complete,
+        "calls": fed.calls,
+        "delivery_calls_per_s": round(fed.calls / seconds, 1) if seconds else None,
+        "max_calls_in_any_window": final.max_calls_in_any_window,
+        "statuses": final.statuses,
         "intake_signals_per_s": load["signals_per_s"],
         "intake_per_replica_signals_per_s": load["per_replica_signals_per_s"],
         "intake_p99_ms": load["p99_ms"],
         "intake_statuses": load["statuses"],
         "replica_cpu_cores_during_intake": cpu,
         "sent": orgs * feed,
-        "delivered": delivered,
+        "delivered": fed.delivered,
     }
 
 
@@ -265,11 +241,7 @@ async def scale_out(ctx: Context) -> dict[str, Any]:
     if bindir is None:
         return _no_postgres("PostgreSQL server binaries (initdb, pg_ctl) not installed")
     plan = ctx.plan
-    vendor = generate_signing_key("RS256")
-    key_file = ctx.directory / "vendor.private.jwk.json"
-    public_file = ctx.directory / "vendor.public.jwk.json"
-    write_private_key(key_file, vendor, force=True)
-    public_file.write_text(json.dumps(vendor.public_jwk()) + "\n")
+    key_file, public_file = vendor_key(ctx.directory)
 
     sqlite_store = ctx.directory / "sqlite" / "forwarder.db"
     sqlite = await _round(

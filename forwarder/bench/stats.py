@@ -1,11 +1,12 @@
-"""Small numeric helpers shared by the scenarios: percentiles, merging load results."""
+"""Small numeric helpers shared by the scenarios: percentiles, ratios, summing counts, merging
+load results."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["merge_load", "percentile", "ratio"]
+__all__ = ["add_counts", "merge_load", "percentile", "ratio"]
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float | None:
@@ -23,16 +24,22 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     return round(numerator / denominator, 3)
 
 
+def add_counts(counts: Iterable[Mapping[str, int]]) -> dict[str, int]:
+    """Counts by key (e.g. HTTP status) summed over several such mappings."""
+    total: dict[str, int] = {}
+    for mapping in counts:
+        for key, n in mapping.items():
+            total[key] = total.get(key, 0) + n
+    return total
+
+
 def merge_load(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """One summary of several load processes that shared a measurement window."""
     seconds = max((r["seconds"] for r in results), default=0.0)
     requests = sum(r["requests"] for r in results)
     signals = sum(r["signals"] for r in results)
     latencies = sorted(x for r in results for x in r["latencies_ms"])
-    statuses: dict[str, int] = {}
-    for r in results:
-        for code, n in r["statuses"].items():
-            statuses[code] = statuses.get(code, 0) + n
+    statuses = add_counts(r["statuses"] for r in results)
     return {
         "requests_per_s": round(requests / seconds, 1) if seconds else None,
         "signals_per_s": round(signals / seconds, 1) if seconds else None,

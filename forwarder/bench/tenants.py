@@ -23,64 +23,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import shutil
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from forwarder.bench.drive import run_load
+from forwarder.bench.fleet import await_delivery, feed_broadcast, fleet, vendor_key
 from forwarder.bench.plan import PER_CALL_MAX, Context
-from forwarder.bench.procs import Daemon, Proc, ProviderSpec, free_port
+from forwarder.bench.procs import Daemon, Proc, ProviderSpec
 from forwarder.bench.stats import merge_load, ratio
-from forwarder.bench.workload import ip
-from forwarder.okta.keys import generate_signing_key, write_private_key
 
-__all__ = ["fleet", "sandbox_tallies", "tenants"]
+__all__ = ["tenants"]
 
 #: IP numbers of the intake measurement (10.220.0.0/16), apart from the feed.
 _INTAKE_FIRST = 220 << 16
-
-
-@contextlib.asynccontextmanager
-async def fleet(
-    directory: Path, *, orgs: int, public_key: Path, window_s: float, calls: int
-) -> AsyncIterator[tuple[str, str, list[dict[str, str]]]]:
-    """``forwarder sandbox --orgs N`` with N apps registered: (url, api token, apps)."""
-    port = free_port()
-    token_file = directory / "sandbox-api-token"
-    orgs_file = directory / "orgs.json"
-    proc = Proc(
-        directory / "sandbox.log",
-        "forwarder",
-        "sandbox",
-        "--listen", f"127.0.0.1:{port}",
-        "--api-token-file", str(token_file),
-        "--window-seconds", str(window_s),
-        "--calls-per-minute", str(calls),
-        "--orgs", str(orgs),
-        "--public-key", str(public_key),
-        "--orgs-file", str(orgs_file),
-    )  # fmt: skip
-    try:
-        await proc.wait_for_output("listening on", seconds=120)
-        apps = json.loads(orgs_file.read_text())
-        yield f"http://127.0.0.1:{port}", token_file.read_text().strip(), apps
-    finally:
-        await proc.stop()
-
-
-async def sandbox_tallies(url: str, token: str) -> dict[str, Any]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(f"{url}/_sandbox/orgs", headers={"Authorization": f"SSWS {token}"}) as resp,
-    ):
-        resp.raise_for_status()
-        tallies: dict[str, Any] = await resp.json()
-        return tallies
 
 
 async def _start_timed(daemon: Daemon) -> tuple[float, float]:
@@ -106,20 +64,6 @@ async def _start_timed(daemon: Daemon) -> tuple[float, float]:
             if time.monotonic() - started > 300:
                 raise RuntimeError("daemon never became ready")
             await asyncio.sleep(0.01)
-
-
-async def _feed(daemon: Daemon, count: int) -> float:
-    """POST ``count`` broadcast IPs (1000 per request); wall time of the last 202."""
-    async with aiohttp.ClientSession() as session:
-        for start in range(0, count, PER_CALL_MAX):
-            items = [
-                {"ip": ip(n), "riskLevel": "MEDIUM", "message": "shared threat feed"}
-                for n in range(start, min(count, start + PER_CALL_MAX))
-            ]
-            async with session.post(daemon.signals_url, json=items) as resp:
-                if resp.status != 202:
-                    raise RuntimeError(f"feed refused: {resp.status} {await resp.text()}")
-    return time.time()
 
 
 async def _scrape(url: str) -> tuple[int, float]:
@@ -150,11 +94,7 @@ async def tenants(ctx: Context) -> dict[str, Any]:
     """Scenario 6: start-up, delivery, telemetry and intake at N orgs."""
     plan = ctx.plan
     orgs, feed, window_s = plan.tenant_orgs, plan.tenant_ips, plan.tenant_window_s
-    vendor = generate_signing_key("RS256")
-    key_file = ctx.directory / "vendor.private.jwk.json"
-    public_file = ctx.directory / "vendor.public.jwk.json"
-    write_private_key(key_file, vendor, force=True)
-    public_file.write_text(json.dumps(vendor.public_jwk()) + "\n")
+    key_file, public_file = vendor_key(ctx.directory)
     ctx.say(f"tenants: a sandbox standing in for {orgs:,} orgs")
     async with fleet(
         ctx.directory, orgs=orgs, public_key=public_file, window_s=window_s, calls=plan.calls
@@ -167,19 +107,11 @@ async def tenants(ctx: Context) -> dict[str, Any]:
         healthz_s, readyz_s = await _start_timed(daemon)
         try:
             ctx.say(f"tenants: {feed:,} broadcast IPs to every org")
-            fed_at = await _feed(daemon, feed)
+            fed_at = await feed_broadcast([daemon], feed)
             # A scrape while every org has a backlog (the expensive case), then idle.
             busy_bytes, busy_scrape_s = await _scrape(f"{daemon.metrics_url}/metrics")
             busy_readyz_bytes, busy_readyz_s = await _scrape(f"{daemon.metrics_url}/readyz")
-            deadline = time.monotonic() + max(120.0, 20 * window_s)
-            while True:
-                tallies = await sandbox_tallies(url, token)
-                done = sum(t["distinct_ips"] >= feed for t in tallies.values())
-                if done == orgs or time.monotonic() > deadline:
-                    break
-                await asyncio.sleep(0.25)
-            last = max((t["last_new_ip_at"] or 0.0 for t in tallies.values()), default=0.0)
-            delivered = sum(min(feed, t["distinct_ips"]) for t in tallies.values())
+            fed = await await_delivery(url, token, orgs=orgs, feed=feed, window_s=window_s)
             readyz_bytes, _ = await _scrape(f"{daemon.metrics_url}/readyz")
             metrics_bytes, scrape_s = await _scrape(f"{daemon.metrics_url}/metrics")
             peak_feed = daemon.peak_rss_mib()
@@ -189,12 +121,6 @@ async def tenants(ctx: Context) -> dict[str, Any]:
             peak = daemon.peak_rss_mib()
         finally:
             await daemon.stop()
-        statuses: dict[str, int] = {}
-        for t in tallies.values():
-            for code, n in t["statuses"].items():
-                statuses[code] = statuses.get(code, 0) + n
-        calls_feed = sum(t["calls"] for t in tallies.values())
-        max_window = max((t["max_calls_in_window"] for t in tallies.values()), default=0)
 
     ctx.say("tenants: intake at 1 org (the baseline)")
     one = Daemon(ctx.directory / "one", [specs[0].unreachable()], window_s=window_s)
@@ -231,12 +157,14 @@ async def tenants(ctx: Context) -> dict[str, Any]:
         "readyz_s": round(readyz_s, 3),
         "healthz_distinct_keys_s": round(healthz_distinct_s, 3),
         "readyz_distinct_keys_s": round(readyz_distinct_s, 3),
-        "all_orgs_have_all_ips_s": round(last - fed_at, 3) if done == orgs else None,
-        "orgs_complete": done,
-        "calls": calls_feed,
+        "all_orgs_have_all_ips_s": (
+            round(fed.last_new_ip_at - fed_at, 3) if fed.complete == orgs else None
+        ),
+        "orgs_complete": fed.complete,
+        "calls": fed.calls,
         "calls_per_org_needed": -(-feed // PER_CALL_MAX),
-        "max_calls_in_any_window": max_window,
-        "statuses": statuses,
+        "max_calls_in_any_window": fed.max_calls_in_any_window,
+        "statuses": fed.statuses,
         "readyz_bytes": readyz_bytes,
         "metrics_bytes": metrics_bytes,
         "metrics_scrape_s": round(scrape_s, 3),
@@ -256,8 +184,8 @@ async def tenants(ctx: Context) -> dict[str, Any]:
         "check": {
             "unit": "org-IP pairs of the broadcast feed",
             "sent": orgs * feed,
-            "delivered": delivered,
+            "delivered": fed.delivered,
             "delivered_means": "distinct IPs accepted by each org",
-            "http_429": statuses.get("429", 0),
+            "http_429": fed.statuses.get("429", 0),
         },
     }

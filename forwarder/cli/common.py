@@ -5,11 +5,22 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import sys
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "config_path", "run_sync"]
+if TYPE_CHECKING:
+    from forwarder.config import Settings
+
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "config_path",
+    "run_sync",
+    "settings_without_keys",
+]
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -22,6 +33,20 @@ def config_path(value: str | None) -> Path | None:
     """``--config`` or ``$FORWARDER_CONFIG``."""
     raw = value or os.environ.get("FORWARDER_CONFIG")
     return Path(raw) if raw else None
+
+
+def settings_without_keys(command: str, value: str | None) -> tuple[Settings, Path] | None:
+    """The config of ``--config`` or ``$FORWARDER_CONFIG`` and its base directory, its key
+    files left unread (a command reading the store needs none, and they may be readable
+    only by the daemon); None, once stderr says that ``command`` needs one, without a
+    config."""
+    from forwarder.config import load_settings  # noqa: PLC0415
+
+    path = config_path(value)
+    if path is None:
+        print(f"{command} needs --config FILE or FORWARDER_CONFIG", file=sys.stderr)
+        return None
+    return load_settings(path, check_files=False)
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:

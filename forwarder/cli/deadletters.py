@@ -19,7 +19,14 @@ from typing import Any
 
 import aiohttp
 
-from forwarder.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, config_path, run_sync
+from forwarder.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    config_path,
+    run_sync,
+    settings_without_keys,
+)
 from forwarder.signals import format_ms, refusal_reason
 from forwarder.store import DeadLetter, StoreReader
 
@@ -29,14 +36,12 @@ _CHUNK = 500
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, StoreReader] | None:
-    from forwarder.config import load_settings  # noqa: PLC0415
     from forwarder.store import open_reader  # noqa: PLC0415
 
-    path = config_path(args.config)
-    if path is None:
-        print("dead-letters needs --config FILE or FORWARDER_CONFIG", file=sys.stderr)
+    loaded = settings_without_keys("dead-letters", args.config)
+    if loaded is None:
         return None
-    settings, base = load_settings(path, check_files=False)
+    settings, base = loaded
     return settings, open_reader(settings.store, base=base)
 
 

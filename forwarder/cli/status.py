@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from forwarder.cli.common import EXIT_OK, EXIT_USAGE, config_path, run_sync
+from forwarder.cli.common import EXIT_OK, EXIT_USAGE, run_sync, settings_without_keys
 from forwarder.signals import RiskLevel, format_ms
 from forwarder.store.base import ProviderSummary
 
@@ -153,15 +153,12 @@ def render_table(
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from forwarder.config import load_settings  # noqa: PLC0415
     from forwarder.store import open_reader  # noqa: PLC0415
 
-    path = config_path(args.config)
-    if path is None:
-        print("forwarder status needs --config FILE or FORWARDER_CONFIG", file=sys.stderr)
+    loaded = settings_without_keys("forwarder status", args.config)
+    if loaded is None:
         return EXIT_USAGE
-    # Key files are not needed to read the store (and may be readable only by the daemon).
-    settings, base = load_settings(path, check_files=False)
+    settings, base = loaded
     configured = [p.name for p in settings.providers]
     summaries = run_sync(open_reader(settings.store, base=base).summaries(configured))
     unknown = sorted(set(args.provider) - {s.provider for s in summaries})

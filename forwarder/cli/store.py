@@ -13,21 +13,20 @@ import asyncio
 import sys
 from typing import Any
 
-from forwarder.cli.common import EXIT_OK, EXIT_USAGE, config_path
+from forwarder.cli.common import EXIT_OK, EXIT_USAGE, settings_without_keys
 
 __all__ = ["register"]
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
-    from forwarder.config import load_settings, store_dsn  # noqa: PLC0415
+    from forwarder.config import store_dsn  # noqa: PLC0415
     from forwarder.store.postgres.connect import open_pool  # noqa: PLC0415
     from forwarder.store.postgres.dsn import describe_dsn  # noqa: PLC0415
 
-    path = config_path(args.config)
-    if path is None:
-        print("store migrate needs --config FILE or FORWARDER_CONFIG", file=sys.stderr)
+    loaded = settings_without_keys("store migrate", args.config)
+    if loaded is None:
         return EXIT_USAGE
-    settings, base = load_settings(path, check_files=False)
+    settings, base = loaded
     if settings.store.backend != "postgres":
         print(
             f'store migrate is for store.backend = "postgres" (this config uses '

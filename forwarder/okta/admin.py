@@ -18,6 +18,7 @@ import aiohttp
 
 from forwarder.errors import AdminApiError
 from forwarder.okta.events import parse_rate_headers
+from forwarder.okta.exchange import exchange
 from forwarder.okta.tokens import RISK_EVENTS_SCOPE
 
 __all__ = ["AdminClient", "next_link", "okta_error_hint"]
@@ -107,23 +108,16 @@ class AdminClient:
             headers["Content-Type"] = "application/json"
             data = json.dumps(body)
         try:
-            async with self._session.request(
-                method,
-                url,
-                data=data,
-                headers=headers,
-                timeout=self._timeout,
-                allow_redirects=False,
-            ) as resp:
-                status = resp.status
-                answer_headers = resp.headers
-                text = (await resp.read()).decode("utf-8", "replace")
+            reply = await exchange(
+                self._session, method, url, data=data, headers=headers, client_timeout=self._timeout
+            )
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise AdminApiError(
                 f"{method} {url} failed: {exc or type(exc).__name__}",
                 status=0,
                 hint="check the org URL and network access to it",
             ) from None
+        status, answer_headers, text = reply.status, reply.headers, reply.text
         try:
             payload = json.loads(text) if text else None
         except ValueError:

@@ -28,6 +28,7 @@ from forwarder.clock import Clock
 from forwarder.delivery import Delivery, ServerWindow
 from forwarder.errors import InvalidCredentials, PermanentSendError, RetryableSendError
 from forwarder.okta.dpop import DPoP, dpop_error_hint, resource_challenge
+from forwarder.okta.exchange import exchange
 from forwarder.okta.payload import group_subjects, risk_events
 from forwarder.okta.tokens import RISK_EVENTS_SCOPE, TokenSource
 from forwarder.signals import Signal
@@ -191,23 +192,21 @@ class RiskEventsSender:
             )
         await spend()
         try:
-            async with self._session.post(
+            reply = await exchange(
+                self._session,
+                "POST",
                 self.url,
                 data=body,
                 headers=request_headers,
-                timeout=self._timeout,
-                allow_redirects=False,
-            ) as resp:
-                status = resp.status
-                headers = resp.headers
-                # Error pages from proxies need not be UTF-8; never fail on decoding.
-                text = (await resp.read()).decode("utf-8", "replace")
+                client_timeout=self._timeout,
+            )
         except TimeoutError:
             raise RetryableSendError(
                 f"no answer from {self.url} within {self._timeout.total}s", outcome="timeout"
             ) from None
         except aiohttp.ClientError as exc:
             raise RetryableSendError(f"{self.url}: {exc}", outcome="server_error") from None
+        status, headers, text = reply.status, reply.headers, reply.text
         window = parse_rate_headers(headers, local_now=self._clock.time())
         challenges, self._challenges = self._challenges, 0
         new_nonce = dpop is not None and dpop.remember_nonce("resource", headers)

@@ -218,16 +218,19 @@ def _rsa_bits(key: RSAKey) -> int:
     return int(raw.key_size)
 
 
+def _unreadable(path: Path, exc: OSError) -> KeyFileError:
+    """The error for a private key file that cannot be read, saying what to do."""
+    if isinstance(exc, FileNotFoundError):
+        return KeyFileError(f"{path} does not exist (create one with `forwarder keys generate`)")
+    return KeyFileError(f"{path} cannot be read: {exc.strerror}")
+
+
 def load_signing_key(path: Path) -> SigningKey:
     """Read and parse a private key file; errors name the file and the fix."""
     try:
         data = path.read_bytes()
-    except FileNotFoundError:
-        raise KeyFileError(
-            f"{path} does not exist (create one with `forwarder keys generate`)"
-        ) from None
     except OSError as exc:
-        raise KeyFileError(f"{path} cannot be read: {exc.strerror}") from None
+        raise _unreadable(path, exc) from None
     return parse_signing_key(data, source=str(path))
 
 
@@ -281,12 +284,8 @@ class KeyCache:
         """The key in ``path`` (absolute); :class:`KeyFileError` naming the file otherwise."""
         try:
             st = path.stat()
-        except FileNotFoundError:
-            raise KeyFileError(
-                f"{path} does not exist (create one with `forwarder keys generate`)"
-            ) from None
         except OSError as exc:
-            raise KeyFileError(f"{path} cannot be read: {exc.strerror}") from None
+            raise _unreadable(path, exc) from None
         stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
         with self._lock:
             cached = self._keys.get(path)

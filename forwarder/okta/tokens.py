@@ -24,6 +24,7 @@ from authlib.oauth2.rfc7523 import private_key_jwt_sign
 from forwarder.clock import Clock
 from forwarder.errors import AuthError, InvalidCredentials
 from forwarder.okta.dpop import DPoP, dpop_error_hint
+from forwarder.okta.exchange import exchange
 from forwarder.okta.keys import SigningKey
 
 __all__ = ["RISK_EVENTS_SCOPE", "AccessToken", "TokenSource", "token_error_hint"]
@@ -198,16 +199,14 @@ class TokenSource:
         if with_dpop and self.dpop is not None:
             headers["DPoP"] = self.dpop.proof(method="POST", url=self.token_url, server="token")
         try:
-            async with self._session.post(
+            reply = await exchange(
+                self._session,
+                "POST",
                 self.token_url,
                 data=form,
                 headers=headers,
-                timeout=self._timeout,
-                allow_redirects=False,
-            ) as resp:
-                status = resp.status
-                answer_headers = resp.headers
-                text = (await resp.read()).decode("utf-8", "replace")
+                client_timeout=self._timeout,
+            )
         except TimeoutError:
             self._notify("timeout")
             raise AuthError(f"token request to {self.token_url} timed out") from None
@@ -216,10 +215,10 @@ class TokenSource:
             raise AuthError(f"token request to {self.token_url} failed: {exc}") from None
         body: object
         try:
-            body = json.loads(text) if text else {}
+            body = json.loads(reply.text) if reply.text else {}
         except ValueError:
             body = {}
-        return _Answer(status, answer_headers, body if isinstance(body, dict) else {})
+        return _Answer(reply.status, reply.headers, body if isinstance(body, dict) else {})
 
     async def _fetch(self) -> AccessToken:
         dpop = self.dpop

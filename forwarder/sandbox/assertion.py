@@ -7,8 +7,6 @@ The checks and their order follow risk-api.md §8 (the ``build-self-signed-jwt``
 
 from __future__ import annotations
 
-import base64
-import binascii
 import heapq
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,7 +16,7 @@ from joserfc import jwt
 
 from forwarder.sandbox.clients import ASSERTION_ALGORITHMS, JoseKey, RegisteredClient
 from forwarder.sandbox.errors import OAuthError
-from forwarder.sandbox.validation import parse_json
+from forwarder.sandbox.jws import segment_json, unverified_jws
 
 __all__ = [
     "MAX_ASSERTION_LIFETIME_S",
@@ -74,19 +72,10 @@ class VerifiedAssertion:
     claims: dict[str, Any]
 
 
-def _segment_json(segment: str) -> dict[str, Any] | None:
-    try:
-        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-        value = parse_json(raw)
-    except (binascii.Error, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def claimed_subject(assertion: str) -> str | None:
     """The unverified ``sub`` of an assertion (for records only), or None."""
     parts = assertion.split(".")
-    claims = _segment_json(parts[1]) if len(parts) == 3 else None
+    claims = segment_json(parts[1]) if len(parts) == 3 else None
     sub = claims.get("sub") if claims is not None else None
     return sub[:100] if isinstance(sub, str) else None
 
@@ -118,11 +107,10 @@ def verify_client_assertion(
     ``token_url`` is ``{origin}/oauth2/v1/token`` as the client addressed it; the ``jti``,
     when present, is consumed only once every other check has passed.
     """
-    parts = assertion.split(".")
-    header = _segment_json(parts[0]) if len(parts) == 3 else None
-    claims = _segment_json(parts[1]) if header is not None else None
-    if header is None or claims is None:
+    decoded = unverified_jws(assertion)
+    if decoded is None:
         raise _invalid_client("The client_assertion is not a well-formed signed JWT.")
+    header, claims = decoded
     sub = claims.get("sub")
     client = clients.get(sub) if isinstance(sub, str) else None
     if client is None:

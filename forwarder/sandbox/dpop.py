@@ -15,7 +15,6 @@ Okta rotates its nonce every 24 h and accepts an old one for 3 days; :meth:`rota
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import secrets
 import warnings
@@ -28,8 +27,8 @@ from joserfc import jwt
 from joserfc.jwk import ECKey, RSAKey
 
 from forwarder.sandbox.assertion import JtiCache
+from forwarder.sandbox.jws import unverified_jws
 from forwarder.sandbox.records import Answer
-from forwarder.sandbox.validation import parse_json
 
 __all__ = [
     "MAX_PROOF_AGE_S",
@@ -67,14 +66,6 @@ def ath_of(access_token: str) -> str:
     """base64url(SHA-256(access token)), unpadded."""
     digest = hashlib.sha256(access_token.encode("ascii", "replace")).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
-
-
-def _segment(segment: str) -> dict[str, Any] | None:
-    try:
-        value = parse_json(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
-    except (binascii.Error, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def _public_key(jwk: Any) -> RSAKey | ECKey:
@@ -182,11 +173,10 @@ class DPoPVerifier:
         if len(proofs) > 1:
             raise _invalid("Multiple DPoP proof JWT headers were sent.")
         proof = proofs[0]
-        parts = proof.split(".")
-        header = _segment(parts[0]) if len(parts) == 3 else None
-        claims = _segment(parts[1]) if header is not None else None
-        if header is None or claims is None:
+        decoded = unverified_jws(proof)
+        if decoded is None:
             raise _invalid("The DPoP proof is not a well-formed signed JWT.")
+        header, claims = decoded
         jti = claims.get("jti")
         if isinstance(jti, str):
             self.seen_jtis.append(jti)
