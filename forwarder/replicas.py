@@ -92,6 +92,7 @@ async def dispatch_replicated(
         finally:
             if owned.get(provider) is dispatcher:
                 del owned[provider]
+            store.forget(provider, (replica.id, epoch))
 
     tasks = OwnedTasks(start)
     coordinator = Coordinator(

@@ -608,19 +608,23 @@ async def pending_counts(conn: Conn, q: ProviderQueue) -> dict[int, int]:
 
 
 async def oldest_pending(conn: Conn, q: ProviderQueue) -> dict[int, int]:
-    """Observation time of the entry waiting longest (first stored) per level."""
+    """Observation time of the entry waiting longest (first stored) per level.
+
+    One index lookup per level and table (the first entry above the cursor), however
+    large the backlog: a scrape reads this for every provider with something waiting.
+    """
     levels = list(q.cursor)
     rows = await conn.fetch(
-        "SELECT risk, min(ts_ms) AS ts FROM ("
-        "  (SELECT DISTINCT ON (s.risk) s.risk, s.ts_ms FROM signals s"
-        "     JOIN unnest($2::smallint[], $3::bigint[]) AS c(risk, seq)"
-        "       ON s.risk = c.risk AND s.seq > c.seq ORDER BY s.risk, s.seq)"
-        "  UNION ALL"
-        "  (SELECT DISTINCT ON (risk) risk, ts_ms FROM targeted WHERE provider = $1"
-        "    ORDER BY risk, seq)"
-        ") AS first GROUP BY risk",
+        "SELECT c.risk, least(b.ts_ms, t.ts_ms) AS ts"
+        "  FROM unnest($2::smallint[], $3::bigint[]) AS c(risk, seq)"
+        "  LEFT JOIN LATERAL (SELECT s.ts_ms FROM signals s"
+        "                      WHERE s.risk = c.risk AND s.seq > c.seq"
+        "                      ORDER BY s.seq LIMIT 1) AS b ON true"
+        "  LEFT JOIN LATERAL (SELECT x.ts_ms FROM targeted x"
+        "                      WHERE x.provider = $1 AND x.risk = c.risk"
+        "                      ORDER BY x.seq LIMIT 1) AS t ON true",
         q.provider,
         levels,
         [q.cursor[level] for level in levels],
     )
-    return {r["risk"]: int(r["ts"]) for r in rows}
+    return {r["risk"]: int(r["ts"]) for r in rows if r["ts"] is not None}

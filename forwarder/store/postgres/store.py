@@ -44,6 +44,7 @@ from forwarder.store.postgres.dsn import describe_dsn
 from forwarder.store.postgres.queue import LEVELS, ProviderQueue
 from forwarder.store.postgres.schema import migrate, require_current
 from forwarder.store.postgres.writer import CHANGED_CHANNEL, GroupCommit, Row, Upserted
+from forwarder.store.wakeups import Wakeups
 
 __all__ = ["PostgresReader", "PostgresStore"]
 
@@ -104,6 +105,9 @@ class PostgresStore:
         self._counts: dict[str, dict[int, int]] = {}
         self._dead: dict[str, int] = defaultdict(int)
         self._events: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
+        self._wakeups = Wakeups(self._events)
+        #: Broadcast versions stored by every replica as far as this one heard (wake-ups).
+        self._added = 0
         self._entries = 0
         self._lease_ids = itertools.count(1)
         self._next_sweep_ms = 0
@@ -299,10 +303,22 @@ class PostgresStore:
         return self._events[provider]
 
     def wake_when(self, provider: str, *, pending: int = 1, high: bool = True) -> None:
-        """Accepted and ignored: every commit (or NOTIFY) naming ``provider`` wakes it.
+        """Set ``changed(provider)`` once commits (this replica's or announced by others)
+        bring its backlog estimate to ``pending`` or, with ``high``, bring a HIGH entry
+        (:class:`~forwarder.store.wakeups.Wakeups`)."""
+        waiting = self._estimate(provider)
+        self._wakeups.register(
+            provider, pending=pending, high=high, waiting=waiting, added=self._added
+        )
 
-        Waking early is allowed by the protocol; it only costs the dispatcher a look.
-        """
+    def forget(self, provider: str, fence: tuple[str, int]) -> None:
+        """This replica stopped dispatching ``provider`` under ``fence`` (the lease went
+        to another, or was released): drop that progress, which the new owner moves
+        (:meth:`adopt` loads it again). A newer adoption (another epoch) is kept."""
+        q = self._queues.get(provider)
+        if q is not None and q.fence == fence:
+            del self._queues[provider]
+            self._counts.pop(provider, None)
 
     def _heard(self, *args: object) -> None:
         """Another replica committed: raise the backlog estimates and wake dispatchers."""
@@ -315,7 +331,7 @@ class PostgresStore:
         for level, n in change.get("b", {}).items():
             for counts in self._counts.values():
                 counts[int(level)] = counts.get(int(level), 0) + int(n)
-        touched: set[str] = set(self._queues) if change.get("b") or change.get("all") else set()
+        touched: set[str] = set(self._queues) if change.get("all") else set()
         for provider, levels in change.get("t", {}).items():
             if provider in self._counts:
                 for level, n in levels.items():
@@ -327,9 +343,11 @@ class PostgresStore:
                 counts = self._counts[provider]
                 counts[1] = counts.get(1, 0) + 1  # at least one more; exact after a lease
             touched.add(provider)
-        for provider in touched:
-            if provider in self._queues:
-                self.changed(provider).set()
+        broadcast = change.get("b", {})
+        if broadcast:
+            self._added += sum(int(n) for n in broadcast.values())
+            self._wakeups.broadcast(self._added, high=bool(broadcast.get(str(int(RiskLevel.HIGH)))))
+        self._wakeups.wake_all(p for p in touched if p in self._queues)
 
     async def _recount(self, conn: Conn, provider: str, q: ProviderQueue) -> None:
         """Set ``provider``'s backlog from the tables, without losing commits meanwhile.
@@ -462,11 +480,11 @@ class PostgresStore:
                     )
             for provider, signals in per_provider.items():
                 self._observer.signals_stored(provider, signals, new_provider[provider])
-        if result.broadcast:
-            for provider in self._queues:
-                self.changed(provider).set()
-        for provider in per_provider:
-            self.changed(provider).set()
+        if result.broadcast_stored:
+            self._added += result.broadcast_stored
+            high = result.broadcast.get(int(RiskLevel.HIGH), (0, 0))[1] > 0
+            self._wakeups.broadcast(self._added, high=high)
+        self._wakeups.wake_all(per_provider)
 
     # -- dispatch --------------------------------------------------------------------
 

@@ -74,7 +74,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import json
 import sqlite3
 from collections import defaultdict
@@ -104,6 +103,7 @@ from forwarder.store.sqlite.reader import (
 from forwarder.store.sqlite.schema import connect, create, transaction
 from forwarder.store.sqlite.thread import StoreThread
 from forwarder.store.sqlite.writer import BroadcastRow, TargetedRow, upsert_rows
+from forwarder.store.wakeups import Wakeups
 
 __all__ = ["CALL_LOG_KEEP_MS", "SqliteReader", "SqliteStore", "upsert_rows"]
 
@@ -149,12 +149,7 @@ class SqliteStore:
         self._st = queue.QueueState()
         self._dead: dict[str, int] = defaultdict(int)
         self._events: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
-        #: ``wake_when`` registrations: provider -> (generation, total broadcast versions
-        #: added at which it wakes); a heap of the same, oldest registrations left lazily.
-        self._wake_at: dict[str, tuple[int, int]] = {}
-        self._wake_heap: list[tuple[int, int, str]] = []
-        self._wake_high: set[str] = set()
-        self._wake_gen = 0
+        self._wakeups = Wakeups(self._events)
         self._queue: list[tuple[_Batch, asyncio.Future[None]]] = []
         self._queued_rows = 0
         self._wake = asyncio.Event()
@@ -272,28 +267,13 @@ class SqliteStore:
         Targeted commits always wake their provider; anything that lowers the backlog
         meanwhile (an age-out) can only make the wake-up early, never late.
         """
-        self._wake_high.discard(provider)
-        if pending <= 1 and high:
-            self._wake_at.pop(provider, None)
-            return
-        if high:
-            self._wake_high.add(provider)
-        self._wake_gen += 1
-        waiting = sum(self._st.pending(provider).values())
-        at = sum(self._st.added.values()) + max(1, pending - waiting)
-        self._wake_at[provider] = (self._wake_gen, at)
-        heapq.heappush(self._wake_heap, (at, self._wake_gen, provider))
-        if len(self._wake_heap) > 2 * len(self._wake_at) + 1_000:
-            # Drop superseded registrations (each wait of each dispatcher adds one).
-            self._wake_heap = [(a, g, p) for p, (g, a) in self._wake_at.items()]
-            heapq.heapify(self._wake_heap)
-
-    def _wake_provider(self, provider: str) -> None:
-        self._wake_at.pop(provider, None)
-        self._wake_high.discard(provider)
-        event = self._events.get(provider)
-        if event is not None:
-            event.set()
+        self._wakeups.register(
+            provider,
+            pending=pending,
+            high=high,
+            waiting=sum(self._st.pending(provider).values()),
+            added=sum(self._st.added.values()),
+        )
 
     async def refresh(self) -> None:
         """Recount every provider's backlog exactly and the dead letters (for a scrape)."""
@@ -407,21 +387,8 @@ class SqliteStore:
         if broadcast:
             # Once per commit, not per signal: wake the dispatchers whose decision this
             # commit can change (see wake_when); the others are busy or wait for a timer.
-            registered = self._wake_at
-            for provider, event in self._events.items():
-                if provider not in registered:
-                    event.set()
-            added = sum(self._st.added.values())
-            heap = self._wake_heap
-            while heap and heap[0][0] <= added:
-                _, gen, provider = heapq.heappop(heap)
-                if registered.get(provider, (None,))[0] == gen:
-                    self._wake_provider(provider)
-            if high:
-                for provider in list(self._wake_high):
-                    self._wake_provider(provider)
-        for provider in per_provider:
-            self._wake_provider(provider)
+            self._wakeups.broadcast(sum(self._st.added.values()), high=high)
+        self._wakeups.wake_all(per_provider)
 
     # -- dispatch --------------------------------------------------------------------
 
