@@ -67,6 +67,8 @@ def risk_events(groups: Sequence[Sequence[Signal]]) -> list[dict[str, Any]]:
     """One RiskEvent per group, subjects in group order: ``events[i].subjects[j]`` is
     ``groups[i][j]`` (how an Okta 400 naming a subject is traced back to its signal)."""
     events: list[dict[str, Any]] = []
+    # Detectors repeat a few messages across a batch: each is made to fit Okta once.
+    fitted: dict[str, str] = {}
     for group in groups:
         newest = max(s.ts_ms for s in group)
         expiries = [s.expires_ms for s in group if s.expires_ms is not None]
@@ -82,7 +84,9 @@ def risk_events(groups: Sequence[Sequence[Signal]]) -> list[dict[str, Any]]:
         subjects: list[dict[str, str]] = []
         for s in group:
             subject = {"ip": s.ip, "riskLevel": _NAMES[s.risk]}
-            message = sanitize_message(s.message)
+            message = fitted.get(s.message)
+            if message is None:
+                message = fitted[s.message] = sanitize_message(s.message)
             if message:
                 subject["message"] = message
             subjects.append(subject)

@@ -39,7 +39,13 @@ from forwarder.signals import RiskLevel, Signal
 from forwarder.store.base import DeadLetter, Lease, ProviderRecord, ProviderSummary, StoreObserver
 from forwarder.store.postgres import queue
 from forwarder.store.postgres.conn import Conn
-from forwarder.store.postgres.connect import DB_ERRORS, alive, connect_error, discard
+from forwarder.store.postgres.connect import (
+    DB_ERRORS,
+    alive,
+    connect_error,
+    discard,
+    keep_session,
+)
 from forwarder.store.postgres.dsn import describe_dsn
 from forwarder.store.postgres.queue import LEVELS, ProviderQueue
 from forwarder.store.postgres.schema import migrate, require_current
@@ -127,6 +133,7 @@ class PostgresStore:
                 timeout=10,
                 command_timeout=60,
                 server_settings={"application_name": self._application_name},
+                reset=keep_session,
             )
         except DB_ERRORS as exc:
             raise connect_error(self._dsn, exc) from None
@@ -144,6 +151,7 @@ class PostgresStore:
                 timeout=10,
                 command_timeout=60,
                 server_settings={"application_name": self._application_name},
+                reset=keep_session,
             )
             self._writer = GroupCommit(
                 self._write_pool.acquire, on_commit=self._after_commit, origin=self.origin
