@@ -89,15 +89,19 @@ async def _await_owners(daemons: Sequence[Daemon], orgs: int) -> tuple[float, li
 
 
 async def _intake(daemons: Sequence[Daemon], seconds: float) -> dict[str, Any]:
-    """100-signal requests spread over every replica's ingest port, one window."""
-    share = max(1, _CONNECTIONS // len(daemons))
+    """100-signal requests spread over every replica's ingest port, one window: the same
+    connections in all whatever the replica count (8 over 3 replicas: 3, 3, 2)."""
+    shares = [
+        _CONNECTIONS // len(daemons) + (i < _CONNECTIONS % len(daemons))
+        for i in range(len(daemons))
+    ]
     span = 1 << 18
     runs = await asyncio.gather(
         *(
             run_load(
                 d.signals_url,
                 size=100,
-                connections=share,
+                connections=max(1, shares[i]),
                 processes=1,
                 duration_s=seconds,
                 warmup_s=0.3,
