@@ -81,7 +81,7 @@ def open_reader(settings: StoreSettings, *, base: Path) -> StoreReader:
 
         return SqliteReader(resolve_path(base, settings.path))
     if settings.backend == "postgres":
-        from forwarder.store.postgres.store import PostgresReader  # noqa: PLC0415
+        from forwarder.store.postgres.reader import PostgresReader  # noqa: PLC0415
 
         return PostgresReader(store_dsn(settings, base))
     raise ConfigError([f"store.backend: unknown backend {settings.backend!r}"])

@@ -10,12 +10,9 @@ dispatchers through ``LISTEN forwarder_changed``.
 
 Counts a scrape reads synchronously (``pending_total``, ``pending_counts``) are cached:
 the total after every commit of this replica (read in the same transaction, so it
-includes every replica's). A provider's backlog is kept as in SQLite: raised by every
-replica's commits (an estimate that may overcount a version replacing a pending one),
-lowered by what its leases settle, expire or dead-letter, and recounted exactly from the
-tables whenever it is small (:data:`EXACT_UP_TO`) or a lease comes back short. Counting
-reads every row above the provider's cursor, so recounting a large backlog after every
-call of 1,000 providers cost the database more than all other work together.
+includes every replica's), and each provider's backlog in
+:mod:`~forwarder.store.postgres.backlogs`, counted exactly from the tables whenever it is
+small (:data:`EXACT_UP_TO`) or a lease comes back short.
 """
 
 from __future__ import annotations
@@ -26,7 +23,7 @@ import itertools
 import json
 import secrets
 from collections import defaultdict
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -36,8 +33,9 @@ from asyncpg.pool import PoolConnectionProxy
 
 from forwarder.errors import StoreError, StoreFull
 from forwarder.signals import RiskLevel, Signal
-from forwarder.store.base import DeadLetter, Lease, ProviderRecord, ProviderSummary, StoreObserver
+from forwarder.store.base import Lease, ProviderRecord, StoreObserver
 from forwarder.store.postgres import queue
+from forwarder.store.postgres.backlogs import Backlogs
 from forwarder.store.postgres.conn import Conn
 from forwarder.store.postgres.connect import (
     DB_ERRORS,
@@ -47,12 +45,12 @@ from forwarder.store.postgres.connect import (
     keep_session,
 )
 from forwarder.store.postgres.dsn import describe_dsn
-from forwarder.store.postgres.queue import LEVELS, ProviderQueue
+from forwarder.store.postgres.queue import ProviderQueue
+from forwarder.store.postgres.reader import TableReader, by_level
 from forwarder.store.postgres.schema import migrate, require_current
 from forwarder.store.postgres.writer import CHANGED_CHANNEL, GroupCommit, Row, Upserted
-from forwarder.store.wakeups import Wakeups
 
-__all__ = ["PostgresReader", "PostgresStore"]
+__all__ = ["PostgresStore"]
 
 _SWEEP_EVERY_MS = 60_000
 #: Seconds between attempts to LISTEN again after the server ended that session.
@@ -61,10 +59,6 @@ _CALL_LOG_KEEP_MS = 3_600_000
 #: Backlogs estimated at or below this many entries are recounted exactly after a lease,
 #: an ack or a refresh (the count then reads at most about as many rows).
 EXACT_UP_TO = 2_000
-
-
-def _pending(levels: Mapping[int, int]) -> dict[RiskLevel, int]:
-    return {RiskLevel(r): n for r, n in levels.items() if n}
 
 
 def _levels(lease: Lease, only: Collection[str] | None = None) -> dict[int, int]:
@@ -76,7 +70,7 @@ def _levels(lease: Lease, only: Collection[str] | None = None) -> dict[int, int]
     return out
 
 
-class PostgresStore:
+class PostgresStore(TableReader):
     """PostgreSQL-backed store; an async context manager. The DSN is never shown."""
 
     def __init__(
@@ -108,12 +102,8 @@ class PostgresStore:
         self._log = structlog.get_logger("forwarder.store")
         self._writer: GroupCommit | None = None
         self._queues: dict[str, ProviderQueue] = {}
-        self._counts: dict[str, dict[int, int]] = {}
+        self._backlogs = Backlogs()
         self._dead: dict[str, int] = defaultdict(int)
-        self._events: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
-        self._wakeups = Wakeups(self._events)
-        #: Broadcast versions stored by every replica as far as this one heard (wake-ups).
-        self._added = 0
         self._entries = 0
         self._lease_ids = itertools.count(1)
         self._next_sweep_ms = 0
@@ -283,7 +273,7 @@ class PostgresStore:
         """(Re)load ``provider``'s progress from the database, e.g. when this replica takes
         it over; its cursor writes are then fenced with ``fence`` (replica id, epoch)."""
         # Counted from now on: commits landing while the count runs are added to it.
-        self._counts.setdefault(provider, {})
+        self._backlogs.track(provider)
         async with self._tx() as conn:
             q = await queue.attach(conn, provider, fence=fence)
             await self._recount(conn, provider, q)
@@ -302,22 +292,19 @@ class PostgresStore:
         return self._entries
 
     def pending_counts(self, provider: str) -> Mapping[RiskLevel, int]:
-        return _pending(self._counts.get(provider, {}))
+        return by_level(self._backlogs.counts(provider))
 
     def dead_letter_count(self, provider: str) -> int:
         return self._dead.get(provider, 0)
 
     def changed(self, provider: str) -> asyncio.Event:
-        return self._events[provider]
+        return self._backlogs.events[provider]
 
     def wake_when(self, provider: str, *, pending: int = 1, high: bool = True) -> None:
         """Set ``changed(provider)`` once commits (this replica's or announced by others)
         bring its backlog estimate to ``pending`` or, with ``high``, bring a HIGH entry
         (:class:`~forwarder.store.wakeups.Wakeups`)."""
-        waiting = self._estimate(provider)
-        self._wakeups.register(
-            provider, pending=pending, high=high, waiting=waiting, added=self._added
-        )
+        self._backlogs.wake_when(provider, pending=pending, high=high)
 
     def forget(self, provider: str, fence: tuple[str, int]) -> None:
         """This replica stopped dispatching ``provider`` under ``fence`` (the lease went
@@ -326,7 +313,7 @@ class PostgresStore:
         q = self._queues.get(provider)
         if q is not None and q.fence == fence:
             del self._queues[provider]
-            self._counts.pop(provider, None)
+            self._backlogs.drop(provider)
 
     def _heard(self, *args: object) -> None:
         """Another replica committed: raise the backlog estimates and wake dispatchers."""
@@ -336,26 +323,16 @@ class PostgresStore:
             change = {"all": True}
         if change.get("o") == self.origin:
             return
-        for level, n in change.get("b", {}).items():
-            for counts in self._counts.values():
-                counts[int(level)] = counts.get(int(level), 0) + int(n)
-        touched: set[str] = set(self._queues) if change.get("all") else set()
-        for provider, levels in change.get("t", {}).items():
-            if provider in self._counts:
-                for level, n in levels.items():
-                    counts = self._counts[provider]
-                    counts[int(level)] = counts.get(int(level), 0) + int(n)
-            touched.add(provider)
-        for provider in [*change.get("n", ()), *(self._queues if change.get("all") else ())]:
-            if provider in self._counts:
-                counts = self._counts[provider]
-                counts[1] = counts.get(1, 0) + 1  # at least one more; exact after a lease
-            touched.add(provider)
-        broadcast = change.get("b", {})
-        if broadcast:
-            self._added += sum(int(n) for n in broadcast.values())
-            self._wakeups.broadcast(self._added, high=bool(broadcast.get(str(int(RiskLevel.HIGH)))))
-        self._wakeups.wake_all(p for p in touched if p in self._queues)
+        backlogs = self._backlogs
+        backlogs.broadcast({int(level): int(n) for level, n in change.get("b", {}).items()})
+        backlogs.targeted(
+            {
+                (provider, int(level)): int(n)
+                for provider, levels in change.get("t", {}).items()
+                for level, n in levels.items()
+            }
+        )
+        backlogs.some_for([*change.get("n", ()), *(self._queues if change.get("all") else ())])
 
     async def _recount(self, conn: Conn, provider: str, q: ProviderQueue) -> None:
         """Set ``provider``'s backlog from the tables, without losing commits meanwhile.
@@ -364,23 +341,8 @@ class PostgresStore:
         in its snapshot: they are added to the result (an overcount until the next
         recount, never an undercount, which could leave a dispatcher asleep).
         """
-        before = dict(self._counts.get(provider, {}))
-        counts = await queue.pending_counts(conn, q)
-        for level, n in self._counts.get(provider, {}).items():
-            if n > before.get(level, 0):
-                counts[level] = counts.get(level, 0) + n - before.get(level, 0)
-        self._counts[provider] = counts
-
-    def _estimate(self, provider: str) -> int:
-        return sum(self._counts.get(provider, {}).values())
-
-    def _lower(self, provider: str, levels: Mapping[int, int]) -> None:
-        """What a lease or an ack took out of ``provider``'s backlog (estimate)."""
-        counts = self._counts.get(provider)
-        if counts is None:
-            return
-        for level, n in levels.items():
-            counts[level] = max(0, counts.get(level, 0) - n)
+        before = self._backlogs.snapshot(provider)
+        self._backlogs.counted(provider, await queue.pending_counts(conn, q), before)
 
     async def _settled(
         self,
@@ -393,8 +355,8 @@ class PostgresStore:
     ) -> None:
         """Lower the estimate by what left the backlog; count exactly when that is cheap
         (a small backlog) or needed (a short lease: the estimate was too high)."""
-        self._lower(provider, levels)
-        if short or self._estimate(provider) <= EXACT_UP_TO:
+        self._backlogs.lower(provider, levels)
+        if short or self._backlogs.estimate(provider) <= EXACT_UP_TO:
             await self._recount(conn, provider, q)
 
     @property
@@ -415,7 +377,7 @@ class PostgresStore:
             for q in moved:
                 await self._recount(conn, q.provider, q)
             for provider, q in self._queues.items():
-                if q not in moved and self._estimate(provider) <= EXACT_UP_TO:
+                if q not in moved and self._backlogs.estimate(provider) <= EXACT_UP_TO:
                     await self._recount(conn, provider, q)
             self._entries = await self._read_entries(conn)
             self._dead = defaultdict(
@@ -469,15 +431,9 @@ class PostgresStore:
 
     def _after_commit(self, result: Upserted) -> None:
         self._entries = result.entries
-        for level, (_, stored) in result.broadcast.items():
-            for counts in self._counts.values():
-                counts[level] = counts.get(level, 0) + stored
         per_provider: dict[str, int] = defaultdict(int)
         new_provider: dict[str, int] = defaultdict(int)
-        for (provider, level), (new, stored) in result.targeted.items():
-            if provider in self._counts:
-                counts = self._counts[provider]
-                counts[level] = counts.get(level, 0) + new
+        for (provider, _), (new, stored) in result.targeted.items():
             per_provider[provider] += stored
             new_provider[provider] += new
         if self._observer is not None:
@@ -488,11 +444,8 @@ class PostgresStore:
                     )
             for provider, signals in per_provider.items():
                 self._observer.signals_stored(provider, signals, new_provider[provider])
-        if result.broadcast_stored:
-            self._added += result.broadcast_stored
-            high = result.broadcast.get(int(RiskLevel.HIGH), (0, 0))[1] > 0
-            self._wakeups.broadcast(self._added, high=high)
-        self._wakeups.wake_all(per_provider)
+        self._backlogs.broadcast({level: stored for level, (_, stored) in result.broadcast.items()})
+        self._backlogs.targeted({key: new for key, (new, _) in result.targeted.items()})
 
     # -- dispatch --------------------------------------------------------------------
 
@@ -620,7 +573,7 @@ class PostgresStore:
                         await queue.advance(conn, q)
             for provider, levels in expired.items():
                 total[provider] += sum(levels.values())
-                self._lower(provider, levels)
+                self._backlogs.lower(provider, levels)
         for q in self._queues.values():
             if q.done:
                 # A cursor held back by an entry just swept can move on now.
@@ -701,157 +654,19 @@ class PostgresStore:
                 record.until_ms,
             )
 
-    # -- reading (StoreReader) -------------------------------------------------------
-
-    async def summaries(self, providers: Sequence[str] = ()) -> list[ProviderSummary]:
-        async with self._tx() as conn:
-            return await read_summaries(conn, providers)
-
-    async def dead_letters(
-        self,
-        provider: str | None = None,
-        *,
-        ids: Collection[int] = (),
-        limit: int | None = 100,
-    ) -> list[DeadLetter]:
-        async with self._tx() as conn:
-            return await read_dead_letters(conn, provider, ids=ids, limit=limit)
-
-    async def delete_dead_letters(self, ids: Collection[int]) -> int:
-        async with self._tx() as conn:
-            removed = await delete_dead_letters(conn, ids)
-        await self.refresh()
-        return removed
-
-
-async def read_dead_letters(
-    conn: Conn, provider: str | None = None, *, ids: Collection[int] = (), limit: int | None = 100
-) -> list[DeadLetter]:
-    """Dead letters, newest first; filtered by provider and/or ids."""
-    rows = await conn.fetch(
-        "SELECT id, provider, ip, risk, message, ts_ms, expires_ms, received_ms, failed_ms,"
-        " reason, causes FROM dead_letters"
-        " WHERE ($1::text IS NULL OR provider = $1)"
-        "   AND (cardinality($2::bigint[]) = 0 OR id = ANY($2::bigint[]))"
-        " ORDER BY id DESC LIMIT $3",
-        provider,
-        list(ids),
-        limit,
-    )
-    return [
-        DeadLetter(
-            id=r["id"],
-            provider=r["provider"],
-            signal=Signal(
-                r["ip"],
-                RiskLevel(r["risk"]),
-                r["message"],
-                r["ts_ms"],
-                r["expires_ms"],
-                r["received_ms"],
-            ),
-            failed_ms=r["failed_ms"],
-            reason=r["reason"],
-            causes=tuple(json.loads(r["causes"])),
-        )
-        for r in rows
-    ]
-
-
-async def delete_dead_letters(conn: Conn, ids: Collection[int]) -> int:
-    if not ids:
-        return 0
-    return int(
-        await conn.fetchval(
-            "WITH gone AS (DELETE FROM dead_letters WHERE id = ANY($1::bigint[]) RETURNING 1)"
-            " SELECT count(*) FROM gone",
-            list(ids),
-        )
-    )
-
-
-async def read_summaries(conn: Conn, providers: Sequence[str] = ()) -> list[ProviderSummary]:
-    """Per provider, exact: ``providers`` first, then any other the database knows."""
-    cursors: dict[str, dict[int, int]] = defaultdict(dict)
-    for r in await conn.fetch("SELECT provider, risk, seq FROM cursors"):
-        cursors[r["provider"]][r["risk"]] = r["seq"]
-    done: dict[str, set[tuple[int, int]]] = defaultdict(set)
-    for r in await conn.fetch("SELECT provider, risk, seq FROM done"):
-        done[r["provider"]].add((r["risk"], r["seq"]))
-    dead = {
-        r["provider"]: int(r["n"])
-        for r in await conn.fetch("SELECT provider, count(*) AS n FROM dead_letters GROUP BY 1")
-    }
-    records = {
-        r["provider"]: ProviderRecord(
-            provider=r["provider"],
-            status=r["status"],
-            updated_ms=r["updated_ms"],
-            last_call_ms=r["last_call_ms"],
-            last_outcome=r["last_outcome"],
-            last_error=r["last_error"],
-            hint=r["hint"],
-            until_ms=r["until_ms"],
-        )
-        for r in await conn.fetch("SELECT * FROM provider_state")
-    }
-    targeted = {r["provider"] for r in await conn.fetch("SELECT DISTINCT provider FROM targeted")}
-    names = list(dict.fromkeys(providers))
-    names += sorted((set(cursors) | set(dead) | set(records) | targeted) - set(names))
-    out = []
-    for name in names:
-        q = ProviderQueue(name, cursors.get(name) or dict.fromkeys(LEVELS, 2**62), done[name])
-        pending = await queue.pending_counts(conn, q)
-        oldest = await queue.oldest_pending(conn, q) if pending else {}
-        if not pending and name not in providers and name not in dead and name not in records:
-            continue
-        out.append(
-            ProviderSummary(
-                provider=name,
-                pending=_pending(pending),
-                oldest_ms={RiskLevel(r): t for r, t in oldest.items()},
-                dead_letters=dead.get(name, 0),
-                record=records.get(name),
-            )
-        )
-    return out
-
-
-class PostgresReader:
-    """:class:`forwarder.store.base.StoreReader` from outside the daemons (CLI)."""
-
-    def __init__(self, dsn: str) -> None:
-        self._dsn = dsn
-        self.where = describe_dsn(dsn)
+    # -- reading (StoreReader: summaries, dead_letters from TableReader) -----------------
 
     @contextlib.asynccontextmanager
-    async def _conn(self) -> Any:
+    async def _reading(self) -> AsyncIterator[Conn]:
+        if self._pool is None:
+            raise StoreError(f"store {self.where} is not open")
         try:
-            conn = await asyncpg.connect(self._dsn, timeout=10)
-        except DB_ERRORS as exc:
-            raise connect_error(self._dsn, exc) from None
-        try:
-            await require_current(conn)
-            yield conn
+            async with self._pool.acquire() as conn:
+                yield conn
         except DB_ERRORS as exc:
             raise StoreError(f"PostgreSQL at {self.where}: {exc}") from exc
-        finally:
-            await conn.close()
-
-    async def summaries(self, providers: Sequence[str] = ()) -> list[ProviderSummary]:
-        async with self._conn() as conn, conn.transaction(isolation="repeatable_read"):
-            return await read_summaries(conn, providers)
-
-    async def dead_letters(
-        self,
-        provider: str | None = None,
-        *,
-        ids: Collection[int] = (),
-        limit: int | None = 100,
-    ) -> list[DeadLetter]:
-        async with self._conn() as conn:
-            return await read_dead_letters(conn, provider, ids=ids, limit=limit)
 
     async def delete_dead_letters(self, ids: Collection[int]) -> int:
-        async with self._conn() as conn:
-            return await delete_dead_letters(conn, ids)
+        removed = await super().delete_dead_letters(ids)
+        await self.refresh()
+        return removed
