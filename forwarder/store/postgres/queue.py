@@ -79,6 +79,24 @@ _T_DELETE = (
     " WHERE name = 'deleted') SELECT count(*) FROM gone"
 )
 _COMMITTED_SEQ = "SELECT value FROM counters WHERE name = 'seq'"
+_B_LIVE_JOIN = (
+    " FROM signals s JOIN unnest($1::text[], $2::bigint[]) AS u(ip, seq)"
+    " ON s.ip = u.ip AND s.seq = u.seq"
+)
+#: Which of the (ip, seq) versions sent are still the stored ones, or only how many.
+_B_LIVE = "SELECT s.ip, s.seq" + _B_LIVE_JOIN
+_B_LIVE_COUNT = "SELECT count(*)" + _B_LIVE_JOIN
+#: The cursor moves to $1; what it passed leaves ``done``, what is settled above stays.
+_MOVE_CURSOR = (
+    "WITH moved AS (UPDATE cursors SET seq = $1 WHERE provider = $2 AND risk = $3),"
+    " passed AS (DELETE FROM done WHERE provider = $2 AND risk = $3 AND seq <= $1)"
+    " INSERT INTO done (provider, risk, seq) SELECT $2, $3, unnest($4::bigint[])"
+    " ON CONFLICT DO NOTHING"
+)
+_BLOCKER = (
+    "SELECT s.seq FROM signals s WHERE s.risk = $1 AND s.seq > $2"
+    " AND s.seq NOT IN (SELECT unnest($3::bigint[])) ORDER BY s.seq LIMIT 1"
+)
 
 
 class Fenced(StoreError):
@@ -334,53 +352,29 @@ async def lease(
     return keep, dict(expired_at)
 
 
-async def _advance(conn: Conn, q: ProviderQueue, levels: Collection[int]) -> None:
-    """Move the cursors over what the provider settled, persist them, collect garbage."""
-    await _check_fence(conn, q)
+async def _advance(
+    conn: Conn, q: ProviderQueue, levels: Collection[int], *, fenced: bool = False
+) -> None:
+    """Move the cursors over what the provider settled, persist them, collect garbage.
+
+    ``fenced``: the caller checked the fence in this transaction already.
+    """
+    if not fenced:
+        await _check_fence(conn, q)
     # Read before the scan: every version committed later has a higher number.
     committed = int(await conn.fetchval(_COMMITTED_SEQ))
     for level in levels:
         at = q.cursor[level]
-        while True:
-            rows = await conn.fetch(
-                "SELECT seq FROM signals WHERE risk = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-                level,
-                at,
-                _PAGE,
-            )
-            blocked = False
-            for r in rows:
-                if (level, r["seq"]) in q.done:
-                    at = r["seq"]
-                else:
-                    at = r["seq"] - 1  # nothing live between the last settled and this one
-                    blocked = True
-                    break
-            if blocked:
-                break
-            if len(rows) < _PAGE:
-                at = max(at, committed)  # nothing live above: every later version is newer
-                break
+        settled = [seq for lvl, seq in q.done if lvl == level and seq > at]
+        # The first entry above the cursor not settled holds it back (found by the
+        # server: one index range, no page of numbers sent back).
+        blocker = await conn.fetchval(_BLOCKER, level, at, settled)
+        # Nothing live above: every later version is newer than what was committed.
+        at = blocker - 1 if blocker is not None else max(at, committed)
         q.cursor[level] = at
         q.done -= {(lvl, seq) for lvl, seq in q.done if lvl == level and seq <= at}
-        await conn.execute(
-            "UPDATE cursors SET seq = $1 WHERE provider = $2 AND risk = $3", at, q.provider, level
-        )
-        await conn.execute(
-            "DELETE FROM done WHERE provider = $1 AND risk = $2 AND seq <= $3",
-            q.provider,
-            level,
-            at,
-        )
         above = [seq for lvl, seq in q.done if lvl == level]
-        if above:
-            await conn.execute(
-                "INSERT INTO done (provider, risk, seq) SELECT $1, $2, unnest($3::bigint[])"
-                " ON CONFLICT DO NOTHING",
-                q.provider,
-                level,
-                above,
-            )
+        await conn.execute(_MOVE_CURSOR, at, q.provider, level, above)
         await _collect(conn, level)
 
 
@@ -427,29 +421,24 @@ async def settle(
         return 0
     await _check_fence(conn, q)
     broadcast = [i for i in chosen if i.kind == BROADCAST]
-    live: set[tuple[str, int]] = set()
-    if broadcast:
-        live = {
-            (r["ip"], r["seq"])
-            for r in await conn.fetch(
-                "SELECT s.ip, s.seq FROM signals s"
-                " JOIN unnest($1::text[], $2::bigint[]) AS u(ip, seq)"
-                " ON s.ip = u.ip AND s.seq = u.seq",
-                [i.ip for i in broadcast],
-                [i.seq for i in broadcast],
-            )
-        }
-    levels: set[int] = set()
     has_targeted = (
         await conn.fetchval("SELECT 1 FROM targeted WHERE provider = $1 LIMIT 1", q.provider)
         is not None
     )
+    live: set[tuple[str, int]] = set()
     removed = 0
+    if broadcast:
+        ips, seqs = [i.ip for i in broadcast], [i.seq for i in broadcast]
+        if has_targeted:
+            live = {(r["ip"], r["seq"]) for r in await conn.fetch(_B_LIVE, ips, seqs)}
+        else:  # only how many: one number back instead of a row per entry
+            removed = int(await conn.fetchval(_B_LIVE_COUNT, ips, seqs))
+    levels: set[int] = set()
     for item in broadcast:
-        current = (item.ip, item.seq) in live
         q.done.add((item.risk, item.seq))
         levels.add(item.risk)
         if has_targeted:
+            current = (item.ip, item.seq) in live
             other = await conn.fetchrow(_T_ONE, q.provider, item.ip)
             if other is not None:
                 if _beats(
@@ -461,7 +450,7 @@ async def settle(
                 else:
                     # This provider has just been sent news as new as that one.
                     await _delete_targeted(conn, q.provider, item.ip, other["seq"])
-        removed += current
+            removed += current
     for item in (i for i in chosen if i.kind == TARGETED):
         current = await _delete_targeted(conn, q.provider, item.ip, item.seq) > 0
         other = await conn.fetchrow(_B_ONE, item.ip)
@@ -479,7 +468,7 @@ async def settle(
         removed += current
     levels |= {level for level, _ in q.done}
     if levels:
-        await _advance(conn, q, levels)
+        await _advance(conn, q, levels, fenced=True)
     return removed
 
 
