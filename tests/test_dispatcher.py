@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,20 +58,33 @@ class Env:
     now_ms: int
 
 
+def dispatcher_for(
+    store: SqliteStore,
+    sender: FakeSender,
+    *,
+    provider: str = "p",
+    calls: int = 600,
+    **options: Any,
+) -> Dispatcher:
+    """A dispatcher on ``store`` with no linger, on the sender's clock."""
+    return Dispatcher(
+        provider=provider,
+        store=store,
+        calls=store,
+        sender=sender,
+        budget=CallBudget(calls=calls, window_s=60, clock=sender.clock),
+        clock=sender.clock,
+        linger_s=0,
+        **options,
+    )
+
+
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[Env]:
     clock = FakeClock()
     sender = FakeSender(clock)
     async with SqliteStore(tmp_path / "f.db") as store:
-        dispatcher = Dispatcher(
-            provider="p",
-            store=store,
-            calls=store,
-            sender=sender,
-            budget=CallBudget(calls=600, window_s=60, clock=clock),
-            clock=clock,
-            linger_s=0,
-        )
+        dispatcher = dispatcher_for(store, sender)
         stop = asyncio.Event()
         task = asyncio.create_task(dispatcher.run(stop))
         yield Env(clock, store, sender, dispatcher, int(clock.time() * 1000))
@@ -244,16 +258,7 @@ async def test_a_slow_answer_counts_the_call_from_the_answer(tmp_path: Path) -> 
     clock = FakeClock()
     sender = FakeSender(clock, answer_takes_s=20)
     async with SqliteStore(tmp_path / "f.db") as store:
-        dispatcher = Dispatcher(
-            provider="p",
-            store=store,
-            calls=store,
-            sender=sender,
-            budget=CallBudget(calls=1, window_s=60, clock=clock),
-            clock=clock,
-            linger_s=0,
-            max_age_s=10_000,
-        )
+        dispatcher = dispatcher_for(store, sender, calls=1, max_age_s=10_000)
         stop = asyncio.Event()
         task = asyncio.create_task(dispatcher.run(stop))
         start = clock.time()
@@ -301,16 +306,7 @@ async def test_leases_and_acks_take_turns_across_dispatchers(tmp_path: Path) -> 
         stop = asyncio.Event()
         tasks = [
             asyncio.create_task(
-                Dispatcher(
-                    provider=name,
-                    store=store,
-                    calls=store,
-                    sender=sender,
-                    budget=CallBudget(calls=600, window_s=60, clock=clock),
-                    clock=clock,
-                    linger_s=0,
-                    store_turns=turns,
-                ).run(stop)
+                dispatcher_for(store, sender, provider=name, store_turns=turns).run(stop)
             )
             for name, sender in zip(names, senders, strict=True)
         ]
