@@ -13,7 +13,7 @@ from itertools import count
 import asyncpg
 import pytest
 
-from forwarder.store.postgres import owners, queue
+from forwarder.store.postgres import ageing, owners, queue
 from forwarder.store.postgres.queue import ProviderQueue
 from forwarder.store.postgres.schema import ADVISORY_NAMESPACE
 from forwarder.store.postgres.writer import BroadcastRow, TargetedRow
@@ -149,7 +149,7 @@ async def test_sweep_ages_out_what_a_failing_provider_never_sent(pool: asyncpg.P
     lease_id, _, _ = await lease(pool, qa, now=NOW - DAY - 1)
     await ack(pool, qa, lease_id)
     async with pool.acquire() as conn, conn.transaction():
-        expired, more = await queue.sweep(conn, cutoff_ms=NOW - DAY)
+        expired, more = await ageing.sweep(conn, cutoff_ms=NOW - DAY)
     assert not more
     assert expired == {"b": {LOW: 2}}
     assert await stored(pool) == 0

@@ -26,7 +26,7 @@ Every function takes a connection inside the caller's transaction.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -44,13 +44,10 @@ __all__ = [
     "attach",
     "collect",
     "lease",
-    "oldest_pending",
-    "pending_counts",
     "release",
     "reload",
     "reload_many",
     "settle",
-    "sweep",
 ]
 
 #: Risk levels as stored, highest first (the lease order).
@@ -483,137 +480,3 @@ def release(q: ProviderQueue, lease_id: int) -> None:
     for item in q.leases.pop(lease_id, []):
         if q.inflight.get(item.ip) is item:
             del q.inflight[item.ip]
-
-
-async def sweep(
-    conn: Conn,
-    *,
-    cutoff_ms: int,
-    busy: Mapping[str, Collection[str]] | None = None,
-    batch: int = 20_000,
-) -> tuple[dict[str, dict[int, int]], bool]:
-    """Drop up to ``batch`` entries of each table observed before ``cutoff_ms``.
-
-    Returns, per provider and level, how many it never sent (every provider's cursor is
-    read from the table, so any replica may sweep for all), and whether more remain. ``busy``
-    (provider -> ips this replica has in flight) is left alone: its lease settles it.
-    """
-    busy = busy or {}
-    busy_ips = sorted({ip for ips in busy.values() for ip in ips})
-    pairs = [(p, ip) for p, ips in busy.items() for ip in ips]
-    expired: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
-    gone = await conn.fetch(
-        "WITH old AS (SELECT ip FROM signals WHERE ts_ms < $1 AND NOT (ip = ANY($3::text[]))"
-        " LIMIT $2 FOR UPDATE SKIP LOCKED)"
-        " DELETE FROM signals s USING old WHERE s.ip = old.ip RETURNING s.risk, s.seq",
-        cutoff_ms,
-        batch,
-        busy_ips,
-    )
-    if gone:
-        risks = [r["risk"] for r in gone]
-        seqs = [r["seq"] for r in gone]
-        for r in await conn.fetch(
-            "SELECT c.provider, c.risk, count(*) AS n"
-            "  FROM cursors c JOIN unnest($1::smallint[], $2::bigint[]) AS g(risk, seq)"
-            "    ON g.risk = c.risk AND g.seq > c.seq"
-            " WHERE NOT EXISTS (SELECT 1 FROM done d WHERE d.provider = c.provider"
-            "                     AND d.risk = g.risk AND d.seq = g.seq)"
-            " GROUP BY c.provider, c.risk",
-            risks,
-            seqs,
-        ):
-            expired[r["provider"]][r["risk"]] += r["n"]
-        await conn.execute(
-            "DELETE FROM done d USING unnest($1::smallint[], $2::bigint[]) AS g(risk, seq)"
-            " WHERE d.risk = g.risk AND d.seq = g.seq",
-            risks,
-            seqs,
-        )
-    gone_t = await conn.fetch(
-        "WITH old AS (SELECT provider, ip FROM targeted t WHERE ts_ms < $1"
-        "   AND NOT EXISTS (SELECT 1 FROM unnest($3::text[], $4::text[]) AS b(p, ip)"
-        "                   WHERE b.p = t.provider AND b.ip = t.ip)"
-        "   LIMIT $2 FOR UPDATE SKIP LOCKED)"
-        " DELETE FROM targeted t USING old WHERE t.provider = old.provider AND t.ip = old.ip"
-        " RETURNING t.provider, t.risk",
-        cutoff_ms,
-        batch,
-        [p for p, _ in pairs],
-        [ip for _, ip in pairs],
-    )
-    for r in gone_t:
-        expired[r["provider"]][r["risk"]] += 1
-    deleted = len(gone) + len(gone_t)
-    if deleted:
-        await conn.execute("UPDATE counters SET value = value + $1 WHERE name = 'deleted'", deleted)
-    return {p: dict(n) for p, n in expired.items()}, len(gone) == batch or len(gone_t) == batch
-
-
-async def pending_counts(conn: Conn, q: ProviderQueue) -> dict[int, int]:
-    """Entries the provider has still to send, per level (exact; in flight included).
-
-    An ip with both a targeted and a pending broadcast entry is sent once: the losing
-    entry (by the coalescing rule) is not counted.
-    """
-    levels = list(q.cursor)
-    cursors = [q.cursor[level] for level in levels]
-    out: dict[int, int] = defaultdict(int)
-    # One index range per level (a join on the cursors would scan the whole table).
-    for r in await conn.fetch(
-        "SELECT c.risk, n.n FROM unnest($1::smallint[], $2::bigint[]) AS c(risk, seq),"
-        " LATERAL (SELECT count(*) AS n FROM signals s WHERE s.risk = c.risk AND s.seq > c.seq"
-        "   AND NOT EXISTS (SELECT 1 FROM done d WHERE d.provider = $3"
-        "                   AND d.risk = s.risk AND d.seq = s.seq)) AS n",
-        levels,
-        cursors,
-        q.provider,
-    ):
-        out[r["risk"]] += r["n"]
-    targeted = await conn.fetch(
-        "SELECT risk, count(*) AS n FROM targeted WHERE provider = $1 GROUP BY risk",
-        q.provider,
-    )
-    for r in targeted:
-        out[r["risk"]] += r["n"]
-    if not targeted:
-        return {level: n for level, n in out.items() if n > 0}
-    for r in await conn.fetch(
-        "SELECT CASE WHEN t.ts_ms > s.ts_ms OR (t.ts_ms = s.ts_ms AND t.risk > s.risk)"
-        "            THEN s.risk ELSE t.risk END AS loser, count(*) AS n"
-        "  FROM targeted t JOIN signals s ON s.ip = t.ip"
-        "  JOIN unnest($2::smallint[], $3::bigint[]) AS c(risk, seq)"
-        "    ON s.risk = c.risk AND s.seq > c.seq"
-        " WHERE t.provider = $1"
-        "   AND NOT EXISTS (SELECT 1 FROM done d WHERE d.provider = $1"
-        "                   AND d.risk = s.risk AND d.seq = s.seq)"
-        " GROUP BY 1",
-        q.provider,
-        levels,
-        cursors,
-    ):
-        out[r["loser"]] -= r["n"]
-    return {level: n for level, n in out.items() if n > 0}
-
-
-async def oldest_pending(conn: Conn, q: ProviderQueue) -> dict[int, int]:
-    """Observation time of the entry waiting longest (first stored) per level.
-
-    One index lookup per level and table (the first entry above the cursor), however
-    large the backlog: a scrape reads this for every provider with something waiting.
-    """
-    levels = list(q.cursor)
-    rows = await conn.fetch(
-        "SELECT c.risk, least(b.ts_ms, t.ts_ms) AS ts"
-        "  FROM unnest($2::smallint[], $3::bigint[]) AS c(risk, seq)"
-        "  LEFT JOIN LATERAL (SELECT s.ts_ms FROM signals s"
-        "                      WHERE s.risk = c.risk AND s.seq > c.seq"
-        "                      ORDER BY s.seq LIMIT 1) AS b ON true"
-        "  LEFT JOIN LATERAL (SELECT x.ts_ms FROM targeted x"
-        "                      WHERE x.provider = $1 AND x.risk = c.risk"
-        "                      ORDER BY x.seq LIMIT 1) AS t ON true",
-        q.provider,
-        levels,
-        [q.cursor[level] for level in levels],
-    )
-    return {r["risk"]: int(r["ts"]) for r in rows if r["ts"] is not None}

@@ -19,7 +19,7 @@ import asyncpg
 from forwarder.errors import StoreError
 from forwarder.signals import RiskLevel, Signal
 from forwarder.store.base import DeadLetter, ProviderRecord, ProviderSummary
-from forwarder.store.postgres import queue
+from forwarder.store.postgres import counting
 from forwarder.store.postgres.conn import Conn
 from forwarder.store.postgres.connect import DB_ERRORS, connect_error
 from forwarder.store.postgres.dsn import describe_dsn
@@ -143,8 +143,8 @@ async def read_summaries(conn: Conn, providers: Sequence[str] = ()) -> list[Prov
     out = []
     for name in names:
         q = ProviderQueue(name, cursors.get(name) or dict.fromkeys(LEVELS, 2**62), done[name])
-        pending = await queue.pending_counts(conn, q)
-        oldest = await queue.oldest_pending(conn, q) if pending else {}
+        pending = await counting.pending_counts(conn, q)
+        oldest = await counting.oldest_pending(conn, q) if pending else {}
         if not pending and name not in providers and name not in dead and name not in records:
             continue
         out.append(

@@ -34,7 +34,7 @@ from asyncpg.pool import PoolConnectionProxy
 from forwarder.errors import StoreError, StoreFull
 from forwarder.signals import RiskLevel, Signal
 from forwarder.store.base import Lease, ProviderRecord, StoreObserver
-from forwarder.store.postgres import queue
+from forwarder.store.postgres import ageing, counting, queue
 from forwarder.store.postgres.backlogs import Backlogs
 from forwarder.store.postgres.conn import Conn
 from forwarder.store.postgres.connect import (
@@ -342,7 +342,7 @@ class PostgresStore(TableReader):
         recount, never an undercount, which could leave a dispatcher asleep).
         """
         before = self._backlogs.snapshot(provider)
-        self._backlogs.counted(provider, await queue.pending_counts(conn, q), before)
+        self._backlogs.counted(provider, await counting.pending_counts(conn, q), before)
 
     async def _settled(
         self,
@@ -566,7 +566,7 @@ class PostgresStore(TableReader):
         more = True
         while more:
             async with self._tx() as conn:
-                expired, more = await queue.sweep(conn, cutoff_ms=now_ms - max_age_ms, busy=busy)
+                expired, more = await ageing.sweep(conn, cutoff_ms=now_ms - max_age_ms, busy=busy)
                 await queue.collect(conn)
                 for q in self._queues.values():
                     if q.done and (q.fence is None or q.leases):
@@ -589,7 +589,7 @@ class PostgresStore(TableReader):
         if q is None:
             return {}
         async with self._tx() as conn:
-            levels = await queue.oldest_pending(conn, q)
+            levels = await counting.oldest_pending(conn, q)
         return {RiskLevel(r): t for r, t in levels.items()}
 
     async def oldest_pending_many(
@@ -603,7 +603,7 @@ class PostgresStore(TableReader):
                 if q is None:
                     out[provider] = {}
                     continue
-                levels = await queue.oldest_pending(conn, q)
+                levels = await counting.oldest_pending(conn, q)
                 out[provider] = {RiskLevel(r): t for r, t in levels.items()}
         return out
 
