@@ -11,6 +11,8 @@ import json
 import asyncpg
 import pytest
 
+from forwarder.signals import RiskLevel, Signal
+from forwarder.store.postgres.store import PostgresStore
 from forwarder.store.postgres.writer import (
     CHANGED_CHANNEL,
     BroadcastRow,
@@ -167,3 +169,29 @@ async def test_concurrent_replicas_commit_in_sequence_order(
         for p in replicas:
             await p.close()
     assert len(seen) == 3 * 60 * 20
+
+
+async def test_a_provider_found_without_targeted_entries_still_gets_later_ones(
+    pg_dsn: str,
+) -> None:
+    """A lease that finds no targeted entry lets later leases skip looking, until a
+    commit stores some: this replica's own, or another replica's (heard by NOTIFY)."""
+    now = 1_800_000_000_000
+    a = PostgresStore(pg_dsn, providers=["acme"], pool_size=2)
+    b = PostgresStore(pg_dsn, providers=["acme"], pool_size=2)
+    async with a, b:
+
+        async def lease_ips() -> list[str]:
+            lease = await a.lease("acme", limit=10, now_ms=now, max_age_ms=86_400_000)
+            await a.ack(lease)
+            return [s.ip for s in lease.signals]
+
+        assert await lease_ips() == []
+        await a.add([(["acme"], Signal("10.0.0.1", RiskLevel.LOW, "m", now, None, now))])
+        assert await lease_ips() == ["10.0.0.1"]
+        assert await lease_ips() == []
+        heard = a.changed("acme")
+        heard.clear()
+        await b.add([(["acme"], Signal("10.0.0.2", RiskLevel.LOW, "m", now, None, now))])
+        await asyncio.wait_for(heard.wait(), 5)
+        assert await lease_ips() == ["10.0.0.2"]

@@ -48,6 +48,7 @@ __all__ = [
     "reload",
     "reload_many",
     "settle",
+    "targeted_stored",
 ]
 
 #: Risk levels as stored, highest first (the lease order).
@@ -126,21 +127,51 @@ class ProviderQueue:
     leases: dict[int, list[Item]] = field(default_factory=dict)
     #: (replica id, epoch) the cursor writes are fenced with; None when not coordinated.
     fence: tuple[str, int] | None = None
+    #: False once a look found no targeted entry and no targeted commit was heard since
+    #: (:func:`targeted_stored`): leases and acks then skip looking (a broadcast-only
+    #: provider saves a round trip on each).
+    may_have_targeted: bool = True
+    targeted_seen: int = 0
 
 
-async def _check_fence(conn: Conn, q: ProviderQueue) -> None:
+def targeted_stored(q: ProviderQueue) -> None:
+    """A commit (this replica's or announced by another) stored targeted entries for
+    ``q``'s provider, or may have: look again."""
+    q.may_have_targeted = True
+    q.targeted_seen += 1
+
+
+async def _has_targeted(conn: Conn, q: ProviderQueue) -> bool:
+    if not q.may_have_targeted:
+        return False
+    seen = q.targeted_seen
+    found = (
+        await conn.fetchval("SELECT 1 FROM targeted WHERE provider = $1 LIMIT 1", q.provider)
+        is not None
+    )
+    if not found and seen == q.targeted_seen:
+        q.may_have_targeted = False  # nothing heard while looking: rely on the news
+    return found
+
+
+async def _check_fence(conn: Conn, q: ProviderQueue) -> int:
+    """Hold the owner row (share-locked) if the caller's epoch still owns the provider,
+    else raise :class:`Fenced`; return the last committed sequence number (read here,
+    before any scan: every version committed later has a higher number)."""
     if q.fence is None:
-        return
+        return int(await conn.fetchval(_COMMITTED_SEQ))
     owner, epoch = q.fence
-    held = await conn.fetchval(
-        "SELECT 1 FROM provider_owner WHERE provider = $1 AND owner = $2 AND epoch = $3"
-        " AND expires_at > clock_timestamp() FOR SHARE",
+    row = await conn.fetchrow(
+        "SELECT (SELECT 1 FROM provider_owner WHERE provider = $1 AND owner = $2"
+        "         AND epoch = $3 AND expires_at > clock_timestamp() FOR SHARE) AS held,"
+        " (SELECT value FROM counters WHERE name = 'seq') AS committed",
         q.provider,
         owner,
         epoch,
     )
-    if held is None:
+    if row is None or row["held"] is None:
         raise Fenced(f"{owner} no longer owns {q.provider} under epoch {epoch}")
+    return int(row["committed"])
 
 
 async def attach(
@@ -271,10 +302,7 @@ async def lease(
     expired_at: dict[int, int] = defaultdict(int)
     too_old = now_ms - max_age_ms
     expiry_floor = now_ms + margin_ms
-    has_targeted = (
-        await conn.fetchval("SELECT 1 FROM targeted WHERE provider = $1 LIMIT 1", provider)
-        is not None
-    )
+    has_targeted = await _has_targeted(conn, q)
     # Entries settled out of order wait for the cursor; the entry that held it back may
     # have been replaced (moved to a newer number) since: try again.
     settled: set[int] = {level for level, _ in q.done}
@@ -350,16 +378,14 @@ async def lease(
 
 
 async def _advance(
-    conn: Conn, q: ProviderQueue, levels: Collection[int], *, fenced: bool = False
+    conn: Conn, q: ProviderQueue, levels: Collection[int], *, committed: int | None = None
 ) -> None:
     """Move the cursors over what the provider settled, persist them, collect garbage.
 
-    ``fenced``: the caller checked the fence in this transaction already.
+    ``committed``: the caller checked the fence in this transaction already, and read this.
     """
-    if not fenced:
-        await _check_fence(conn, q)
-    # Read before the scan: every version committed later has a higher number.
-    committed = int(await conn.fetchval(_COMMITTED_SEQ))
+    if committed is None:
+        committed = await _check_fence(conn, q)
     for level in levels:
         at = q.cursor[level]
         settled = [seq for lvl, seq in q.done if lvl == level and seq > at]
@@ -416,12 +442,9 @@ async def settle(
     chosen = items if only is None else [i for i in items if i.ip in only]
     if not chosen:
         return 0
-    await _check_fence(conn, q)
+    committed = await _check_fence(conn, q)
     broadcast = [i for i in chosen if i.kind == BROADCAST]
-    has_targeted = (
-        await conn.fetchval("SELECT 1 FROM targeted WHERE provider = $1 LIMIT 1", q.provider)
-        is not None
-    )
+    has_targeted = await _has_targeted(conn, q)
     live: set[tuple[str, int]] = set()
     removed = 0
     if broadcast:
@@ -465,7 +488,7 @@ async def settle(
         removed += current
     levels |= {level for level, _ in q.done}
     if levels:
-        await _advance(conn, q, levels, fenced=True)
+        await _advance(conn, q, levels, committed=committed)
     return removed
 
 

@@ -23,7 +23,7 @@ import itertools
 import json
 import secrets
 from collections import defaultdict
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -332,7 +332,15 @@ class PostgresStore(TableReader):
                 for level, n in levels.items()
             }
         )
-        backlogs.some_for([*change.get("n", ()), *(self._queues if change.get("all") else ())])
+        named = [*change.get("n", ()), *(self._queues if change.get("all") else ())]
+        backlogs.some_for(named)
+        self._targeted_stored([*change.get("t", {}), *named])
+
+    def _targeted_stored(self, providers: Iterable[str]) -> None:
+        for provider in providers:
+            q = self._queues.get(provider)
+            if q is not None:
+                queue.targeted_stored(q)
 
     async def _recount(self, conn: Conn, provider: str, q: ProviderQueue) -> None:
         """Set ``provider``'s backlog from the tables, without losing commits meanwhile.
@@ -436,6 +444,7 @@ class PostgresStore(TableReader):
         for (provider, _), (new, stored) in result.targeted.items():
             per_provider[provider] += stored
             new_provider[provider] += new
+        self._targeted_stored(per_provider)
         if self._observer is not None:
             if result.broadcast and result.broadcast_new < result.broadcast_stored:
                 for provider in self._queues:
