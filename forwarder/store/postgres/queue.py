@@ -42,14 +42,12 @@ __all__ = [
     "ProviderQueue",
     "advance",
     "attach",
-    "broadcast_only",
     "collect",
     "lease",
     "release",
     "reload",
     "reload_many",
     "settle",
-    "settle_broadcast",
     "targeted_stored",
 ]
 
@@ -492,52 +490,6 @@ async def settle(
     if levels:
         await _advance(conn, q, levels, committed=committed)
     return removed
-
-
-def broadcast_only(q: ProviderQueue, lease_id: int) -> bool:
-    """The lease holds broadcast entries only and the provider has no targeted ones (as
-    far as commits told): :func:`settle_broadcast` may settle it."""
-    items = q.leases.get(lease_id, [])
-    return not q.may_have_targeted and all(i.kind == BROADCAST for i in items)
-
-
-async def settle_broadcast(
-    conn: Conn, q: ProviderQueue, lease_id: int, *, only: Collection[str] | None = None
-) -> tuple[int, int | None]:
-    """:func:`settle` for a :func:`broadcast_only` lease, in one statement outside any
-    transaction (``forwarder_ack_broadcast``); returns (still stored, stored entries, or
-    None when there was nothing to settle)."""
-    items = q.leases.pop(lease_id, [])
-    for item in items:
-        if q.inflight.get(item.ip) is item:
-            del q.inflight[item.ip]
-    chosen = items if only is None else [i for i in items if i.ip in only]
-    done = q.done | {(i.risk, i.seq) for i in chosen}
-    levels = sorted({level for level, _ in done})
-    if not levels:
-        return 0, None
-    owner, epoch = q.fence if q.fence is not None else (None, None)
-    rows = await conn.fetch(
-        "SELECT outcome, removed, entries, level, moved_to FROM forwarder_ack_broadcast("
-        "$1, $2, $3, $4::text[], $5::bigint[], $6::smallint[], $7::bigint[],"
-        " $8::smallint[], $9::bigint[])",
-        q.provider,
-        owner,
-        epoch,
-        [i.ip for i in chosen],
-        [i.seq for i in chosen],
-        levels,
-        [q.cursor[level] for level in levels],
-        [level for level, _ in done],
-        [seq for _, seq in done],
-    )
-    if rows[0]["outcome"] == "fenced":
-        raise Fenced(f"{owner} no longer owns {q.provider} under epoch {epoch}")
-    for r in rows:
-        if r["level"] is not None:
-            q.cursor[r["level"]] = r["moved_to"]
-    q.done = {(level, seq) for level, seq in done if seq > q.cursor[level]}
-    return int(rows[-1]["removed"]), int(rows[-1]["entries"])
 
 
 async def advance(conn: Conn, q: ProviderQueue) -> None:

@@ -215,82 +215,9 @@ CREATE TABLE write_probe (
 );
 """
 
-_ACK = """
--- An ack of broadcast entries only, in one statement (one round trip, its own
--- transaction): the fence, how many versions sent are still stored, then per level the
--- cursor moved over what is settled (the first unsettled entry above it holds it back;
--- none: every later version is newer than the committed number), the settled set above
--- it kept, and collection (one transaction at a time, tried). Returns 'fenced' when the
--- epoch no longer owns the provider (nothing changed), else 'ok' with the still-stored
--- count, the stored entries, and one (level, cursor) row per level.
-CREATE FUNCTION forwarder_ack_broadcast(
-    p_provider text, p_owner text, p_epoch bigint,
-    p_ips text[], p_seqs bigint[],
-    p_levels smallint[], p_cursors bigint[],
-    p_done_levels smallint[], p_done_seqs bigint[]
-) RETURNS TABLE (outcome text, removed bigint, entries bigint, level smallint, moved_to bigint)
-LANGUAGE plpgsql AS $fn$
-DECLARE
-    committed bigint;
-    still bigint;
-    lvl smallint;
-    cur bigint;
-    moved bigint;
-    blocker bigint;
-    settled bigint[];
-    i integer;
-BEGIN
-    IF p_owner IS NOT NULL THEN
-        PERFORM 1 FROM provider_owner o
-         WHERE o.provider = p_provider AND o.owner = p_owner AND o.epoch = p_epoch
-           AND o.expires_at > clock_timestamp()
-           FOR SHARE;
-        IF NOT FOUND THEN
-            RETURN QUERY SELECT 'fenced'::text, 0::bigint, 0::bigint, NULL::smallint,
-                                NULL::bigint;
-            RETURN;
-        END IF;
-    END IF;
-    SELECT c.value INTO committed FROM counters c WHERE c.name = 'seq';
-    SELECT count(*) INTO still FROM signals s
-      JOIN unnest(p_ips, p_seqs) AS u(ip, seq) ON s.ip = u.ip AND s.seq = u.seq;
-    FOR i IN 1 .. coalesce(array_length(p_levels, 1), 0) LOOP
-        lvl := p_levels[i];
-        cur := p_cursors[i];
-        settled := ARRAY(SELECT d.seq FROM unnest(p_done_levels, p_done_seqs) AS d(risk, seq)
-                          WHERE d.risk = lvl AND d.seq > cur);
-        SELECT s.seq INTO blocker FROM signals s
-         WHERE s.risk = lvl AND s.seq > cur AND s.seq NOT IN (SELECT unnest(settled))
-         ORDER BY s.seq LIMIT 1;
-        moved := CASE WHEN blocker IS NULL THEN greatest(cur, committed) ELSE blocker - 1 END;
-        UPDATE cursors c SET seq = moved WHERE c.provider = p_provider AND c.risk = lvl;
-        DELETE FROM done d WHERE d.provider = p_provider AND d.risk = lvl AND d.seq <= moved;
-        INSERT INTO done (provider, risk, seq)
-        SELECT p_provider, lvl, x FROM unnest(settled) AS x WHERE x > moved
-        ON CONFLICT DO NOTHING;
-        IF pg_try_advisory_xact_lock(1718579831, 2) THEN
-            WITH gone AS (
-                DELETE FROM signals s WHERE s.risk = lvl
-                   AND s.seq <= (SELECT min(c.seq) FROM cursors c WHERE c.risk = lvl)
-                RETURNING 1
-            )
-            UPDATE counters SET value = value + (SELECT count(*) FROM gone)
-             WHERE name = 'deleted';
-        END IF;
-        RETURN QUERY SELECT 'ok'::text, still, NULL::bigint, lvl, moved;
-    END LOOP;
-    RETURN QUERY SELECT 'ok'::text, still,
-        (SELECT sum(CASE c.name WHEN 'inserted' THEN c.value ELSE -c.value END)::bigint
-           FROM counters c WHERE c.name IN ('inserted', 'deleted')),
-        NULL::smallint, NULL::bigint;
-END
-$fn$;
-"""
-
 MIGRATIONS: Sequence[Migration] = (
     Migration(1, "replicas, provider leases with fencing epochs, call log", _COORDINATION),
     Migration(2, "entries (broadcast once, targeted), cursors, dead letters, state", _ENTRIES),
-    Migration(3, "forwarder_ack_broadcast: a broadcast-only ack in one statement", _ACK),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

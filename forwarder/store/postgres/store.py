@@ -502,14 +502,6 @@ class PostgresStore(TableReader):
 
     async def _settle(self, lease: Lease, only: Collection[str] | None) -> int:
         q = self._queue(lease.provider)
-        if queue.broadcast_only(q, lease.lease_id):
-            # The common case: one statement, its own transaction (one round trip).
-            async with self._reading() as conn:
-                removed, entries = await queue.settle_broadcast(conn, q, lease.lease_id, only=only)
-                await self._settled(conn, lease.provider, q, _levels(lease, only))
-            if entries is not None:
-                self._entries = entries
-            return removed
         async with self._tx() as conn:
             removed = await queue.settle(conn, q, lease.lease_id, only=only)
             await self._settled(conn, lease.provider, q, _levels(lease, only))
