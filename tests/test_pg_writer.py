@@ -16,8 +16,8 @@ from forwarder.store.postgres.store import PostgresStore
 from forwarder.store.postgres.writer import (
     CHANGED_CHANNEL,
     BroadcastRow,
-    GroupCommit,
     TargetedRow,
+    group_commit,
 )
 from tests.pg import pg_pool  # noqa: F401 - the `pool` fixture
 from tests.pg import write_rows as write
@@ -135,7 +135,7 @@ async def test_concurrent_replicas_commit_in_sequence_order(
     commits are ordered by one row lock so that holds across replicas.
     """
     replicas = [await asyncpg.create_pool(pg_dsn, min_size=3, max_size=3) for _ in range(3)]
-    commits = [GroupCommit(p.acquire) for p in replicas]
+    commits = [group_commit(p.acquire) for p in replicas]
     for c in commits:
         c.start()
     seen: set[str] = set()

@@ -34,6 +34,7 @@ from asyncpg.pool import PoolConnectionProxy
 from forwarder.errors import StoreError, StoreFull
 from forwarder.signals import RiskLevel, Signal
 from forwarder.store.base import Lease, ProviderRecord, StoreObserver
+from forwarder.store.groupcommit import GroupCommit
 from forwarder.store.postgres import ageing, counting, queue
 from forwarder.store.postgres.backlogs import Backlogs
 from forwarder.store.postgres.conn import Conn
@@ -48,7 +49,7 @@ from forwarder.store.postgres.dsn import describe_dsn
 from forwarder.store.postgres.queue import ProviderQueue
 from forwarder.store.postgres.reader import TableReader, by_level
 from forwarder.store.postgres.schema import migrate, require_current
-from forwarder.store.postgres.writer import CHANGED_CHANNEL, GroupCommit, Row, Upserted
+from forwarder.store.postgres.writer import CHANGED_CHANNEL, Row, Upserted, group_commit
 
 __all__ = ["PostgresStore"]
 
@@ -100,7 +101,7 @@ class PostgresStore(TableReader):
         self._listener: PoolConnectionProxy[asyncpg.Record] | None = None
         self._relistening: asyncio.Task[None] | None = None
         self._log = structlog.get_logger("forwarder.store")
-        self._writer: GroupCommit | None = None
+        self._writer: GroupCommit[Row, Upserted] | None = None
         self._queues: dict[str, ProviderQueue] = {}
         self._backlogs = Backlogs()
         self._dead: dict[str, int] = defaultdict(int)
@@ -143,7 +144,7 @@ class PostgresStore(TableReader):
                 server_settings={"application_name": self._application_name},
                 reset=keep_session,
             )
-            self._writer = GroupCommit(
+            self._writer = group_commit(
                 self._write_pool.acquire, on_commit=self._after_commit, origin=self.origin
             )
             self._writer.start()
@@ -437,7 +438,7 @@ class PostgresStore(TableReader):
         if rows:
             await self._writer.add(rows)
 
-    def _after_commit(self, result: Upserted) -> None:
+    def _after_commit(self, rows: list[Row], result: Upserted) -> None:
         self._entries = result.entries
         per_provider: dict[str, int] = defaultdict(int)
         new_provider: dict[str, int] = defaultdict(int)

@@ -1,7 +1,7 @@
 """Ingest writes on PostgreSQL: one coalescing upsert per table per group commit.
 
 Concurrent ingest requests of one replica queue up while a commit is in flight and share
-the next one (:class:`GroupCommit`); a 202 is answered only after that transaction
+the next one (:func:`group_commit`); a 202 is answered only after that transaction
 committed. Every replica writes, so the commits of all replicas are ordered by one row
 lock (``counters.seq``, taken first in each ingest transaction): sequence numbers are
 handed out in commit order, which is what lets a provider's cursor move past seq N
@@ -20,7 +20,6 @@ that lock).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,17 +27,18 @@ from dataclasses import dataclass, field
 import structlog
 
 from forwarder.errors import StoreError
+from forwarder.store.groupcommit import GroupCommit
 from forwarder.store.postgres.conn import Conn
 from forwarder.store.postgres.connect import DB_ERRORS
 
 __all__ = [
     "CHANGED_CHANNEL",
     "BroadcastRow",
-    "GroupCommit",
     "Row",
     "TargetedRow",
     "Upserted",
     "coalesce_rows",
+    "group_commit",
     "upsert_rows",
 ]
 
@@ -225,100 +225,28 @@ async def upsert_rows(conn: Conn, rows: Sequence[Row], *, origin: str = "") -> U
     return Upserted(last_seq=last, broadcast=per_level, targeted=per_provider, entries=entries)
 
 
-_Batch = list[Row]
+def group_commit(
+    acquire: Callable[[], contextlib.AbstractAsyncContextManager[Conn]],
+    *,
+    on_commit: Callable[[list[Row], Upserted], None] | None = None,
+    origin: str = "",
+) -> GroupCommit[Row, Upserted]:
+    """Ingest's :class:`~forwarder.store.groupcommit.GroupCommit` on PostgreSQL: each
+    group is :func:`upsert_rows` on a connection from ``acquire``."""
+    log = structlog.get_logger("forwarder.store")
 
-
-class GroupCommit:
-    """Concurrent writers share transactions: one in flight, the next one filling.
-
-    ``commit(conn_factory, rows)`` runs ``upsert_rows`` for a whole group in one
-    transaction; every caller of that group returns (or raises) when it commits.
-    """
-
-    def __init__(
-        self,
-        acquire: Callable[[], contextlib.AbstractAsyncContextManager[Conn]],
-        *,
-        max_rows: int = 20_000,
-        on_commit: Callable[[Upserted], None] | None = None,
-        origin: str = "",
-    ) -> None:
-        self._origin = origin
-        self._acquire = acquire
-        self._max_rows = max_rows
-        self._on_commit = on_commit
-        self._queue: list[tuple[_Batch, asyncio.Future[Upserted]]] = []
-        self._queued_rows = 0
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._log = structlog.get_logger("forwarder.store")
-        #: The last commit succeeded (readiness).
-        self.ok = True
-
-    @property
-    def queued_rows(self) -> int:
-        return self._queued_rows
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="postgres-group-commit")
-
-    async def stop(self) -> None:
-        """Let queued writes commit, then stop."""
-        if self._task is None:
-            return
-        if self._queue:
-            self._wake.set()
-            await asyncio.gather(*(f for _, f in self._queue), return_exceptions=True)
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
-
-    async def add(self, rows: list[Row]) -> Upserted:
-        """Commit ``rows`` (broadcast and targeted, in arrival order) with the next group."""
-        fut: asyncio.Future[Upserted] = asyncio.get_running_loop().create_future()
-        self._queue.append((rows, fut))
-        self._queued_rows += len(rows)
-        self._wake.set()
-        return await fut
-
-    async def _loop(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._queue:
-                group: list[tuple[_Batch, asyncio.Future[Upserted]]] = []
-                n = 0
-                while self._queue and (not group or n < self._max_rows):
-                    batch, fut = self._queue.pop(0)
-                    group.append((batch, fut))
-                    n += len(batch)
-                self._queued_rows -= n
-                rows = [r for batch, _ in group for r in batch]
-                try:
-                    result = await self._commit(rows)
-                except Exception as exc:
-                    # Whatever failed, every waiter hears it (503): a surprise that ended
-                    # this loop would leave ingest requests waiting forever.
-                    if not isinstance(exc, StoreError):
-                        self._log.exception("store_write_crashed", error=type(exc).__name__)
-                        exc = StoreError(f"PostgreSQL write failed: {type(exc).__name__}: {exc}")
-                    self.ok = False
-                    self._log.warning("store_write_failed", error=str(exc))
-                    for _, fut in group:
-                        if not fut.done():
-                            fut.set_exception(exc)
-                    continue
-                self.ok = True
-                for _, fut in group:
-                    if not fut.done():
-                        fut.set_result(result)
-                if self._on_commit is not None:
-                    self._on_commit(result)
-
-    async def _commit(self, rows: list[Row]) -> Upserted:
+    async def commit(rows: list[Row]) -> Upserted:
         try:
-            async with self._acquire() as conn:
-                return await upsert_rows(conn, rows, origin=self._origin)
+            async with acquire() as conn:
+                return await upsert_rows(conn, rows, origin=origin)
         except DB_ERRORS as exc:
             raise StoreError(f"PostgreSQL write failed: {exc}") from exc
+
+    def failed(exc: Exception) -> StoreError:
+        if not isinstance(exc, StoreError):
+            log.exception("store_write_crashed", error=type(exc).__name__)
+            exc = StoreError(f"PostgreSQL write failed: {type(exc).__name__}: {exc}")
+        log.warning("store_write_failed", error=str(exc))
+        return exc
+
+    return GroupCommit(commit, name="postgres-group-commit", on_commit=on_commit, failed=failed)

@@ -85,6 +85,7 @@ from typing import Any, Self, TypeVar
 from forwarder.errors import StoreError, StoreFull
 from forwarder.signals import RiskLevel, Signal
 from forwarder.store.base import DeadLetter, Lease, ProviderRecord, ProviderSummary, StoreObserver
+from forwarder.store.groupcommit import GroupCommit
 from forwarder.store.sqlite import queue
 from forwarder.store.sqlite.calls import (
     CALL_LOG_KEEP_MS,
@@ -150,19 +151,21 @@ class SqliteStore:
         self._dead: dict[str, int] = defaultdict(int)
         self._events: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
         self._wakeups = Wakeups(self._events)
-        self._queue: list[tuple[_Batch, asyncio.Future[None]]] = []
-        self._queued_rows = 0
-        self._wake = asyncio.Event()
-        self._writer: asyncio.Task[None] | None = None
+        self._writer: GroupCommit[BroadcastRow | TargetedRow, dict[str, int]] = GroupCommit(
+            # Ahead of queued dispatch work: intake must not wait for 1,000 leases.
+            lambda rows: self._run(self._tx, self._commit, rows, urgent=True),
+            name="sqlite-group-commit",
+            max_rows=_GROUP_MAX_ROWS,
+            on_commit=self._after_commit,
+        )
         self._next_lease = 1
         self._closing = False
-        self._write_ok = True
 
     # -- lifecycle -------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
         await self._run(self._open)
-        self._writer = asyncio.create_task(self._write_loop(), name="sqlite-group-commit")
+        self._writer.start()
         for provider in self._providers:
             await self.attach(provider)
         return self
@@ -174,14 +177,8 @@ class SqliteStore:
         tb: TracebackType | None,
     ) -> None:
         self._closing = True
-        if self._writer is not None:
-            self._wake.set()
-            # Let queued ingest writes commit before closing; then stop the writer.
-            if self._queue and not self._writer.done():
-                await asyncio.gather(*(f for _, f in self._queue), return_exceptions=True)
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
+        # Let queued ingest writes commit before closing; then stop the writer.
+        await self._writer.stop()
         with contextlib.suppress(Exception):
             await self._run(self._close)
         self._executor.shutdown()
@@ -223,7 +220,7 @@ class SqliteStore:
     @property
     def writable(self) -> bool:
         """The file is open and the last write committed."""
-        return self._conn is not None and not self._closing and self._write_ok
+        return self._conn is not None and not self._closing and self._writer.ok
 
     async def attach(self, provider: str) -> None:
         """Track ``provider``: from now on broadcasts are kept until it settles them.
@@ -303,13 +300,13 @@ class SqliteStore:
         if self._closing:
             raise StoreError("store is closing")
         # Rows queued for the next group commit count too, so a burst cannot overshoot.
-        waiting = self.pending_total() + self._queued_rows
+        waiting = self.pending_total() + self._writer.queued_rows
         if waiting >= self.max_pending and self._max_age_ms is not None and items:
             # Full: first age out what nobody sent in time (a provider failing for hours
             # must not make ingest refuse for everyone).
             now_ms = max(s.received_ms for _, s in items)
             await self.sweep(now_ms=now_ms, max_age_ms=self._max_age_ms)
-            waiting = self.pending_total() + self._queued_rows
+            waiting = self.pending_total() + self._writer.queued_rows
         if waiting >= self.max_pending:
             raise StoreFull(f"{waiting} signals are waiting (max_pending={self.max_pending})")
         rows: _Batch = []
@@ -323,40 +320,7 @@ class SqliteStore:
                 )
         if not rows:
             return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append((rows, fut))
-        self._queued_rows += len(rows)
-        self._wake.set()
-        await fut
-
-    async def _write_loop(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._queue:
-                group: list[tuple[_Batch, asyncio.Future[None]]] = []
-                n = 0
-                while self._queue and (not group or n < _GROUP_MAX_ROWS):
-                    batch, fut = self._queue.pop(0)
-                    group.append((batch, fut))
-                    n += len(batch)
-                self._queued_rows -= n
-                rows = [r for batch, _ in group for r in batch]
-                try:
-                    # Ahead of queued dispatch work: intake must not wait for 1,000 leases.
-                    stored = await self._run(self._tx, self._commit, rows, urgent=True)
-                except Exception as exc:
-                    self._write_ok = False
-                    error = exc if isinstance(exc, StoreError) else StoreError(str(exc))
-                    for _, fut in group:
-                        if not fut.done():
-                            fut.set_exception(error)
-                    continue
-                self._write_ok = True
-                for _, fut in group:
-                    if not fut.done():
-                        fut.set_result(None)
-                self._after_commit(rows, stored)
+        await self._writer.add(rows)
 
     def _commit(self, db: sqlite3.Connection, rows: _Batch) -> dict[str, int]:
         st = self._st
@@ -582,7 +546,7 @@ class SqliteStore:
             return False
         # Only a commit proves the file writable again: readiness recovers on its own
         # instead of waiting for ingest traffic a not-ready pod no longer gets.
-        self._write_ok = True
+        self._writer.ok = True
         return True
 
     # -- reading (StoreReader) -------------------------------------------------------
