@@ -89,6 +89,21 @@ class ProviderRecord:
     hint: str | None = None
     until_ms: int | None = None
 
+    def row(
+        self,
+    ) -> tuple[str, str, int, int | None, str | None, str | None, str | None, int | None]:
+        """The fields in ``provider_state`` column order (both stores' upserts)."""
+        return (
+            self.provider,
+            self.status,
+            self.updated_ms,
+            self.last_call_ms,
+            self.last_outcome,
+            self.last_error,
+            self.hint,
+            self.until_ms,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class ProviderSummary:

@@ -654,14 +654,7 @@ class PostgresStore(TableReader):
                 " updated_ms = excluded.updated_ms, last_call_ms = excluded.last_call_ms,"
                 " last_outcome = excluded.last_outcome, last_error = excluded.last_error,"
                 " hint = excluded.hint, until_ms = excluded.until_ms",
-                record.provider,
-                record.status,
-                record.updated_ms,
-                record.last_call_ms,
-                record.last_outcome,
-                record.last_error,
-                record.hint,
-                record.until_ms,
+                *record.row(),
             )
 
     # -- reading (StoreReader: summaries, dead_letters from TableReader) -----------------

@@ -42,16 +42,4 @@ def call_answered(db: sqlite3.Connection, key: str, at_ms: int, answered_ms: int
 
 def upsert_provider_state(db: sqlite3.Connection, record: ProviderRecord) -> None:
     """One autocommit upsert per changed state (a WAL append): cheap next to the call."""
-    db.execute(
-        _UPSERT_PROVIDER_STATE,
-        (
-            record.provider,
-            record.status,
-            record.updated_ms,
-            record.last_call_ms,
-            record.last_outcome,
-            record.last_error,
-            record.hint,
-            record.until_ms,
-        ),
-    )
+    db.execute(_UPSERT_PROVIDER_STATE, record.row())
