@@ -28,10 +28,10 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 from forwarder.errors import StoreError
 from forwarder.signals import RiskLevel, Signal
+from forwarder.store.leased import BROADCAST, TARGETED, Item
 from forwarder.store.postgres.conn import Conn
 from forwarder.store.postgres.schema import ADVISORY_NAMESPACE
 
@@ -53,8 +53,6 @@ __all__ = [
 
 #: Risk levels as stored, highest first (the lease order).
 LEVELS = (3, 2, 1)
-BROADCAST = 0
-TARGETED = 1
 #: Expired entries dropped per lease at most.
 PURGE_PER_LEASE = 5_000
 _PAGE = 512
@@ -103,17 +101,6 @@ class Fenced(StoreError):
     A ``StoreError``, so a dispatcher that meets it backs off like any store failure
     (and its coordinator stops it when the lease is found lost).
     """
-
-
-class Item(NamedTuple):
-    """One leased entry: which table, which ip, which version (a tuple: a lease makes a
-    thousand at a time)."""
-
-    kind: int
-    ip: str
-    risk: int
-    seq: int
-    ts_ms: int
 
 
 @dataclass(slots=True)

@@ -17,12 +17,11 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 
 from forwarder.signals import RiskLevel, Signal
+from forwarder.store.leased import BROADCAST, TARGETED, Item
 from forwarder.store.sqlite.counts import LEVELS, broadcast_pending
 
 __all__ = ["Item", "QueueState", "lease", "load", "settle", "sweep"]
 
-BROADCAST = 0
-TARGETED = 1
 #: Expired entries dropped per lease at most (about 20 ms of the store thread).
 PURGE_PER_LEASE = 5_000
 _PAGE = 512
@@ -42,17 +41,6 @@ _T_DELETE = "DELETE FROM targeted WHERE provider = ? AND ip = ? AND seq = ?"
 SHARED_MAX = 50_000
 #: RiskLevel by stored integer, without the enum's call per row.
 _RISK = {int(level): level for level in RiskLevel}
-
-
-@dataclass(frozen=True, slots=True)
-class Item:
-    """One leased entry: which table, which ip, which version."""
-
-    kind: int
-    ip: str
-    risk: int
-    seq: int
-    ts_ms: int
 
 
 @dataclass(slots=True)
