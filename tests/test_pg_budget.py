@@ -1,7 +1,8 @@
 """The fenced call log on a real PostgreSQL: slots granted only under the owning epoch.
 
-Two tests wait out a 1-second window on the database's clock: the behaviour under test
-is waiting for the database's clock, so it cannot be moved from here.
+Three tests wait out a 1-second window on the database's clock (one also lets 0.4 s pass
+while a call is "on the wire"): the behaviour under test is the database's clock
+(``clock_timestamp()``), so it cannot be moved from here.
 """
 
 from __future__ import annotations
